@@ -1,0 +1,160 @@
+"""Backend discovery and explicit dispatch (the xformers idea: backends declare what they accept and say why not).
+
+Every fused op names its backends in priority order. For a call, each backend either accepts the inputs or
+returns a one-line reason; ``backend="auto"`` takes the first that accepts, and forcing a backend that refuses
+raises :class:`BackendUnavailableError` listing every backend's reason. When "auto" has to fall back to the
+reference on a device that has a fast path, that is logged once per (op, reason).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+logger = logging.getLogger("fastssl")
+
+BACKENDS = ("reference", "cpp", "triton", "cuda")
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced backend cannot run this call; the message lists why for every backend."""
+
+
+@functools.lru_cache(maxsize=None)
+def extension() -> tuple[Optional[object], str]:
+    """The compiled extension fastssl._C, or None and the reason it could not be imported."""
+    try:
+        module = importlib.import_module("fastssl._C")
+    except ImportError as exc:
+        reason = f"fastssl._C is not built ({exc}); run `pip install --no-build-isolation -e .`"
+        warnings.warn(f"fastssl: {reason}. Ops fall back to the PyTorch reference.", RuntimeWarning, stacklevel=3)
+        return None, reason
+    return module, ""
+
+
+@functools.lru_cache(maxsize=None)
+def triton_module(name: str) -> tuple[Optional[object], str]:
+    """fastssl.kernels.<name> (Triton), or None and the reason."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return None, f"triton is not installed ({exc})"
+    try:
+        return importlib.import_module(f"fastssl.kernels.{name}"), ""
+    except ImportError as exc:
+        return None, f"fastssl.kernels.{name} failed to import ({exc})"
+
+
+def triton_interpreter() -> bool:
+    """True when TRITON_INTERPRET=1: Triton kernels then run on CPU tensors (how CI tests them)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def cuda_extension_has(symbol: str) -> tuple[bool, str]:
+    module, reason = extension()
+    if module is None:
+        return False, reason
+    if not getattr(module, "with_cuda", False):
+        return False, "fastssl._C was built without CUDA (no CUDA torch or no nvcc at build time)"
+    if not hasattr(module, symbol):
+        return False, f"no CUDA kernel {symbol} in this build"
+    return True, ""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run an op: ``accepts(device, dtype)`` returns "" when it can, else the reason it cannot."""
+
+    name: str
+    accepts: Callable[[torch.device, torch.dtype], str]
+
+
+def cpp_backend(symbol: str, dtypes: Sequence[torch.dtype]) -> Backend:
+    def accepts(device: torch.device, dtype: torch.dtype) -> str:
+        module, reason = extension()
+        if module is None:
+            return reason
+        if not hasattr(module, symbol):
+            return f"fastssl._C has no {symbol} (rebuild the extension)"
+        if device.type != "cpu":
+            return f"the C++ kernel runs on CPU tensors, got {device.type}"
+        if dtype not in dtypes:
+            return f"the C++ kernel takes {_names(dtypes)}, got {dtype}"
+        return ""
+
+    return Backend("cpp", accepts)
+
+
+def triton_backend(module_name: str, dtypes: Sequence[torch.dtype]) -> Backend:
+    def accepts(device: torch.device, dtype: torch.dtype) -> str:
+        module, reason = triton_module(module_name)
+        if module is None:
+            return reason
+        if device.type != "cuda" and not (device.type == "cpu" and triton_interpreter()):
+            return f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got {device.type}"
+        if dtype not in dtypes:
+            return f"the Triton kernel takes {_names(dtypes)}, got {dtype}"
+        return ""
+
+    return Backend("triton", accepts)
+
+
+def cuda_backend(symbol: str, dtypes: Sequence[torch.dtype]) -> Backend:
+    def accepts(device: torch.device, dtype: torch.dtype) -> str:
+        ok, reason = cuda_extension_has(symbol)
+        if not ok:
+            return reason
+        if device.type != "cuda":
+            return f"the CUDA kernel needs CUDA tensors, got {device.type}"
+        if dtype not in dtypes:
+            return f"the CUDA kernel takes {_names(dtypes)}, got {dtype}"
+        return ""
+
+    return Backend("cuda", accepts)
+
+
+def reference_backend() -> Backend:
+    return Backend("reference", lambda device, dtype: "")
+
+
+def _names(dtypes: Sequence[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+@functools.lru_cache(maxsize=None)
+def _log_fallback_once(op: str, reasons: str) -> None:
+    logger.warning("fastssl.ops.%s: using the PyTorch reference (%s)", op, reasons)
+
+
+def select(op: str, backends: Sequence[Backend], backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Pick the backend for one call; raise if a forced one refuses, naming every backend's reason."""
+    if backend not in ("auto",) + BACKENDS:
+        raise ValueError(f"backend must be one of 'auto', {', '.join(repr(b) for b in BACKENDS)}; got {backend!r}")
+    reasons = {b.name: b.accepts(device, dtype) for b in backends}
+    for name in BACKENDS:
+        reasons.setdefault(name, f"{op} has no {name} backend")
+    if backend != "auto":
+        if reasons[backend]:
+            listed = "; ".join(f"{name}: {why or 'available'}" for name, why in reasons.items())
+            raise BackendUnavailableError(f"fastssl.ops.{op}: backend={backend!r} cannot run this call. {listed}")
+        return backend
+    for b in backends:
+        if not reasons[b.name]:
+            if b.name == "reference" and device.type in ("cpu", "cuda"):
+                fast = "; ".join(f"{n}: {reasons[n]}" for n in BACKENDS if n != "reference" and n in reasons)
+                _log_fallback_once(op, fast)
+            return b.name
+    raise BackendUnavailableError(f"fastssl.ops.{op}: no backend accepts this call: {reasons}")
+
+
+def availability(backends: Sequence[Backend], device: torch.device, dtype: torch.dtype) -> dict[str, str]:
+    """backend name -> "" if it would run on (device, dtype), else the reason (for `fastssl info`)."""
+    reasons = {b.name: b.accepts(device, dtype) for b in backends}
+    return {name: reasons.get(name, "not implemented for this op") for name in BACKENDS}

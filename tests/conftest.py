@@ -1,0 +1,40 @@
+import os
+
+import pytest
+import torch
+
+from fastssl import _dispatch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+# CI sets FASTSSL_REQUIRE_BACKENDS=cpp,triton so that a backend that failed to build fails the run instead of
+# quietly skipping its tests.
+REQUIRED = {b for b in os.environ.get("FASTSSL_REQUIRE_BACKENDS", "").split(",") if b}
+
+
+def fused_backends(device: str = "cpu") -> list:
+    """The fused backends that can run on `device` here; each test param is skipped (with the reason) otherwise."""
+    params = []
+    for name in ("cpp", "triton"):
+        backend = next(b for b in _ops_backends() if b.name == name)
+        why = backend.accepts(torch.device(device), torch.float32)
+        skip = bool(why) and name not in REQUIRED
+        params.append(pytest.param(name, marks=pytest.mark.skipif(skip, reason=why)))
+    return params
+
+
+def _ops_backends():
+    from fastssl.ops.info_nce import BACKENDS
+
+    return BACKENDS
+
+
+def assert_error_within(name, out, ref64, ref_same, atol, factor=2.0):
+    """The op contract's tolerance: |out - ref64| <= factor * |ref_same - ref64| + atol, elementwise max."""
+    out, ref64, ref_same = (t.detach().double() for t in (out, ref64, ref_same))
+    err = (out - ref64).abs().max().item()
+    ref_err = (ref_same - ref64).abs().max().item()
+    assert err <= factor * ref_err + atol, (
+        f"{name}: error {err:.3g} vs float64 > {factor} x reference error {ref_err:.3g} + atol {atol:.1g}"
+    )

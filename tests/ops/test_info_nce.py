@@ -1,0 +1,248 @@
+"""fastssl.ops.nt_xent / info_nce / clip_loss: every backend against the float64 reference.
+
+Tolerance (DESIGN.md): a backend's error against the float64 reference may be at most twice the error of the
+reference computed in the input dtype, plus a small atol.
+"""
+
+import math
+
+import pytest
+import torch
+
+import fastssl
+from fastssl import _dispatch
+from fastssl.ops import clip_loss, clip_loss_reference, info_nce, info_nce_reference, nt_xent, nt_xent_reference
+from tests.conftest import assert_error_within, fused_backends
+
+FUSED = fused_backends("cpu")
+ATOL = {torch.float32: 2e-5, torch.bfloat16: 2e-3, torch.float16: 5e-4}
+# The Triton interpreter is slow: it gets the small sizes.
+SIZES = [(1, 1), (3, 7), (17, 128), (130, 130), (1823, 7), (1823, 128)]
+SMALL_SIZES = [(1, 1), (3, 7), (17, 130), (130, 128)]
+
+
+def _sizes(backend):
+    return SMALL_SIZES if backend == "triton" else SIZES
+
+
+def _leaf(t):
+    return t.detach().clone().requires_grad_(True)
+
+
+def _grads(loss, inputs):
+    return torch.autograd.grad(loss, inputs)
+
+
+def _check_against_reference(fn, ref_fn, inputs, dtype, backend):
+    """Loss and input gradients of `fn` vs the float64 reference, with the reference-in-dtype as the yardstick."""
+    ins = [_leaf(t.to(dtype)) for t in inputs]
+    out = fn(*ins, backend=backend)
+    assert out.dtype == torch.float32 and out.dim() == 0
+    grads = _grads(out, ins)
+    ins64 = [_leaf(t.to(dtype).double()) for t in inputs]
+    ref64 = ref_fn(*ins64)
+    grads64 = _grads(ref64, ins64)
+    ins_same = [_leaf(t.to(dtype)) for t in inputs]
+    ref_same = ref_fn(*ins_same)
+    grads_same = _grads(ref_same, ins_same)
+    atol = ATOL[dtype]
+    assert_error_within("loss", out, ref64, ref_same, atol * max(1.0, abs(ref64.item())))
+    for i, (g, g64, gs) in enumerate(zip(grads, grads64, grads_same)):
+        assert g.dtype == dtype and g.shape == ins[i].shape
+        assert_error_within(f"grad[{i}]", g, g64, gs, atol * g64.abs().max().item() + 1e-7)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_nt_xent_matches_float64_reference(backend, dtype):
+    for n, d in _sizes(backend):
+        if dtype != torch.float32 and n == 1823 and d == 7:
+            continue
+        z1, z2 = torch.randn(n, d), torch.randn(n, d)
+        temperature = 0.1 + 0.8 * torch.rand(()).item()
+        _check_against_reference(
+            lambda a, b, backend: nt_xent(a, b, temperature, backend=backend),
+            lambda a, b: nt_xent_reference(a, b, temperature),
+            [z1, z2], dtype, backend,
+        )
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_info_nce_matches_float64_reference(backend, dtype):
+    for n, d in _sizes(backend):
+        m = n + int(torch.randint(1, 300, ()))  # keys = positives + a queue of negatives
+        q, k = torch.randn(n, d), torch.randn(m, d)
+        pos = torch.randint(0, m, (n,))
+        _check_against_reference(
+            lambda a, b, backend: info_nce(a, b, 0.07, positive_index=pos, backend=backend),
+            lambda a, b: info_nce_reference(a, b, 0.07, positive_index=pos),
+            [q, k], dtype, backend,
+        )
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_clip_loss_matches_float64_reference_including_logit_scale_grad(backend, dtype):
+    for n, d in _sizes(backend):
+        img, txt = torch.randn(n, d), torch.randn(n, d)
+        scale = torch.tensor(math.exp(torch.rand(()).item() * math.log(100.0)))
+        ins = [_leaf(img.to(dtype)), _leaf(txt.to(dtype)), _leaf(scale)]
+        out = clip_loss(*ins, backend=backend)
+        grads = _grads(out, ins)
+        ins64 = [_leaf(img.to(dtype).double()), _leaf(txt.to(dtype).double()), _leaf(scale.double())]
+        ref64 = clip_loss_reference(*ins64)
+        grads64 = _grads(ref64, ins64)
+        ins_same = [_leaf(img.to(dtype)), _leaf(txt.to(dtype)), _leaf(scale)]
+        ref_same = clip_loss_reference(*ins_same)
+        grads_same = _grads(ref_same, ins_same)
+        atol = ATOL[dtype]
+        assert_error_within("loss", out, ref64, ref_same, atol * max(1.0, ref64.item()))
+        for name, g, g64, gs in zip(("d_image", "d_text", "d_logit_scale"), grads, grads64, grads_same):
+            assert_error_within(name, g, g64, gs, atol * g64.abs().max().item() + 1e-7)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FUSED)
+def test_non_contiguous_inputs(backend):
+    base1, base2 = torch.randn(2, 130, 40), torch.randn(130, 80)
+    z1, z2 = base1[1, :, ::2], base2[:, ::4]  # strided views, (130, 20) each
+    assert not z1.is_contiguous() and not z2.is_contiguous()
+    expected = nt_xent_reference(z1.double(), z2.double(), 0.3)
+    assert torch.allclose(nt_xent(z1, z2, 0.3, backend=backend).double(), expected, atol=1e-5)
+    keys = torch.randn(20, 300).t()  # transposed view
+    assert not keys.is_contiguous()
+    expected = info_nce_reference(z1.double(), keys.double(), 0.2)
+    assert torch.allclose(info_nce(z1, keys, 0.2, backend=backend).double(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FUSED)
+@pytest.mark.parametrize("n", [1, 5, 64])
+def test_all_equal_embeddings_give_log_2n_minus_1(backend, n):
+    row = torch.randn(1, 33)
+    z = row.expand(n, 33).contiguous()
+    loss = nt_xent(z, z.clone(), temperature=0.2, backend=backend)
+    assert abs(loss.item() - math.log(2 * n - 1)) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FUSED)
+def test_non_finite_embeddings_give_non_finite_loss(backend):
+    for bad in (float("nan"), float("inf")):
+        z1, z2 = torch.randn(9, 16), torch.randn(9, 16)
+        z1[4, 3] = bad
+        assert not torch.isfinite(nt_xent(z1, z2, backend=backend))
+        assert not torch.isfinite(info_nce(z1, z2, backend=backend))
+        assert not torch.isfinite(clip_loss(z1, z2, torch.tensor(10.0), backend=backend))
+        # without normalisation too: inf must not turn into a finite number
+        assert not torch.isfinite(nt_xent(z1, z2, normalize=False, backend=backend))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_gradcheck_float64(backend):
+    if backend == "cpp" and _dispatch.extension()[0] is None:
+        pytest.skip("fastssl._C is not built")
+    z1 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: nt_xent(a, b, 0.4, backend=backend), (z1, z2))
+    keys = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    pos = torch.tensor([2, 0, 6])
+    assert torch.autograd.gradcheck(
+        lambda a, b: info_nce(a, b, 0.3, positive_index=pos, backend=backend), (z1, keys)
+    )
+    scale = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, s: clip_loss(a, b, s, backend=backend), (z1, z2, scale))
+    assert torch.autograd.gradcheck(
+        lambda a, b, s: clip_loss(a, b, s, normalize=False, backend=backend), (z1, z2, scale)
+    )
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_opcheck(backend):
+    from fastssl.ops.info_nce import _info_nce_fused, _nt_xent_fused
+
+    q = torch.nn.functional.normalize(torch.randn(13, 9), dim=1).requires_grad_(True)
+    k = torch.nn.functional.normalize(torch.randn(21, 9), dim=1).requires_grad_(True)
+    scale = torch.tensor(5.0, requires_grad=True)
+    pos = torch.randint(0, 21, (13,))
+    exclude = torch.where(torch.rand(13) < 0.5, -1, (pos + 1) % 21)
+    torch.library.opcheck(_info_nce_fused, (q, k, scale, pos, exclude, backend))
+    torch.library.opcheck(_nt_xent_fused, (q, torch.tensor(2.0), backend))
+
+
+@pytest.mark.parametrize("backend", [p for p in FUSED if p.values[0] == "cpp"])
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+
+    def step(z1, z2, img, txt, scale):
+        return nt_xent(z1, z2, 0.5, backend=backend) + clip_loss(img, txt, scale, backend=backend)
+
+    compiled = torch.compile(step, fullgraph=True)
+    ins = [torch.randn(37, 24, requires_grad=True) for _ in range(4)] + [torch.tensor(9.0, requires_grad=True)]
+    out = compiled(*ins)
+    out.backward()
+    got = [t.grad.clone() for t in ins]
+    for t in ins:
+        t.grad = None
+    expected = step(*ins)
+    expected.backward()
+    assert torch.allclose(out, expected, atol=1e-6)
+    for g, t in zip(got, ins):
+        assert torch.allclose(g, t.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", [p for p in FUSED if p.values[0] == "cpp"])
+def test_int64_indexing_more_than_2_to_31_logits(backend):
+    # 46341^2 > 2^31 similarity pairs: any int32 flat index over the (N, M) grid would overflow.
+    n = 46341
+    q = torch.randn(n, 1)
+    k = torch.randn(n, 1)
+    loss = info_nce(q, k, 0.5, normalize=False, backend=backend)
+    # Closed form for D = 1 without normalisation: logits are outer products, computed row by row in float64.
+    qd, kd = q.double().squeeze(1), k.double().squeeze(1)
+    total = 0.0
+    for chunk in torch.arange(n).split(4096):
+        logits = torch.outer(qd[chunk], kd) / 0.5
+        total += (torch.logsumexp(logits, dim=1) - logits[torch.arange(len(chunk)), chunk]).sum().item()
+    assert abs(loss.item() - total / n) < 1e-4 * max(1.0, abs(total / n))
+
+
+def test_backend_errors_list_reasons():
+    z = torch.randn(4, 8)
+    with pytest.raises(fastssl.BackendUnavailableError, match="cuda: .*reference: available"):
+        nt_xent(z, z, backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        nt_xent(z, z, backend="fast")
+
+
+BAD_INPUTS = [
+    (lambda: nt_xent(torch.randn(4), torch.randn(4)), "z1 must be 2-D"),
+    (lambda: nt_xent(torch.randn(4, 8), torch.randn(5, 8)), "same N"),
+    (lambda: nt_xent(torch.randn(4, 8), torch.randn(4, 9)), "z2 has D=9"),
+    (lambda: nt_xent(torch.randn(0, 8), torch.randn(0, 8)), "z1 must have at least one row"),
+    (lambda: nt_xent(torch.randn(4, 0), torch.randn(4, 0)), "z1 must have at least one column"),
+    (lambda: nt_xent(torch.randn(4, 8), torch.randn(4, 8), temperature=0.0), "temperature"),
+    (lambda: nt_xent(torch.randn(4, 8), torch.randn(4, 8), temperature=-1.0), "temperature"),
+    (lambda: nt_xent(torch.randn(4, 8), torch.randn(4, 8), temperature=float("nan")), "temperature"),
+    (lambda: nt_xent(torch.randn(4, 8), torch.randn(4, 8), temperature=float("inf")), "temperature"),
+    (lambda: nt_xent(torch.randint(0, 9, (4, 8)), torch.randint(0, 9, (4, 8))), "z1 must be floating point"),
+    (lambda: nt_xent(torch.randn(4, 8), torch.randn(4, 8).double()), "z2 has dtype"),
+    (lambda: nt_xent(torch.randn(4, 8), torch.randn(4, 8, device="meta")), "z2 is on meta"),
+    (lambda: info_nce(torch.randn(4, 8), torch.randn(3, 8)), "M >= N"),
+    (lambda: info_nce(torch.randn(4, 8), torch.randn(6, 8), positive_index=torch.tensor([0, 1, 2, 6])),
+     "positive_index values must lie in"),
+    (lambda: info_nce(torch.randn(4, 8), torch.randn(6, 8), positive_index=torch.tensor([0, 1, -1, 2])),
+     "positive_index values must lie in"),
+    (lambda: info_nce(torch.randn(4, 8), torch.randn(6, 8), positive_index=torch.tensor([0, 1])),
+     "positive_index must have shape"),
+    (lambda: info_nce(torch.randn(4, 8), torch.randn(6, 8), positive_index=torch.zeros(4)),
+     "positive_index must be an integer tensor"),
+    (lambda: info_nce(torch.randn(4, 8), torch.randn(6, 8, dtype=torch.float16)), "keys has dtype"),
+    (lambda: clip_loss(torch.randn(4, 8), torch.randn(5, 8), torch.tensor(1.0)), "same N"),
+    (lambda: clip_loss(torch.randn(4, 8), torch.randn(4, 8), torch.ones(2)), "logit_scale must be a 0-d"),
+    (lambda: clip_loss(torch.randn(4, 8), torch.randn(4, 8), float("nan")), "logit_scale"),
+]
+
+
+@pytest.mark.parametrize("call, message", BAD_INPUTS)
+def test_bad_input_raises_value_error_naming_the_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
