@@ -1,0 +1,1 @@
+"""Triton GPU kernels, one module per fused op (installed as fastssl.kernels)."""
