@@ -124,6 +124,14 @@ def reference_backend() -> Backend:
     return Backend("reference", lambda device, dtype: "")
 
 
+# op name -> its backends in the order "auto" tries them; each ops module registers its ops at import.
+OPS: dict[str, tuple[Backend, ...]] = {}
+
+
+def register(op: str, backends: Sequence[Backend]) -> None:
+    OPS[op] = tuple(backends)
+
+
 def _names(dtypes: Sequence[torch.dtype]) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
 
@@ -133,8 +141,12 @@ def _log_fallback_once(op: str, reasons: str) -> None:
     logger.warning("fastssl.ops.%s: using the PyTorch reference (%s)", op, reasons)
 
 
-def select(op: str, backends: Sequence[Backend], backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """Pick the backend for one call; raise if a forced one refuses, naming every backend's reason."""
+# Under torch.compile the choice is made once, eagerly, at trace time: it depends only on constants (the device and
+# dtype, which the compiled graph guards on anyway), and tracing into importlib would break the graph.
+@torch.compiler.assume_constant_result
+def select(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Pick the backend of `op` for one call; raise if a forced one refuses, naming every backend's reason."""
+    backends = OPS[op]
     if backend not in ("auto",) + BACKENDS:
         raise ValueError(f"backend must be one of 'auto', {', '.join(repr(b) for b in BACKENDS)}; got {backend!r}")
     reasons = {b.name: b.accepts(device, dtype) for b in backends}

@@ -18,7 +18,6 @@ from torch import nn
 from fastssl import _dispatch
 from fastssl.nn.gather import distributed_world, gather_with_grad, mean_over_ranks
 from fastssl.ops.info_nce import (
-    BACKENDS,
     _check_embeddings,
     _check_logit_scale,
     _check_temperature,
@@ -58,7 +57,7 @@ class NTXentLoss(nn.Module):
         _check_embeddings(out0=out0, out1=out1)
         if out0.shape[0] != out1.shape[0]:
             raise ValueError(f"out0 and out1 must have the same batch size, got {out0.shape[0]} and {out1.shape[0]}")
-        backend = _dispatch.select("nt_xent", BACKENDS, self.backend, out0.device, out0.dtype)
+        backend = _dispatch.select("nt_xent", self.backend, out0.device, out0.dtype)
         z0, z1 = _normalize(out0), _normalize(out1)
         n = z0.shape[0]
         keys = torch.cat([gather_with_grad(z0, "out0"), gather_with_grad(z1, "out1")])  # (2 * world * n, D)
@@ -96,7 +95,7 @@ class ClipLoss(nn.Module):
                 f"{image_features.shape[0]} and {text_features.shape[0]}"
             )
         scale = _check_logit_scale(logit_scale, image_features.device)
-        backend = _dispatch.select("clip_loss", BACKENDS, self.backend, image_features.device,
+        backend = _dispatch.select("clip_loss", self.backend, image_features.device,
                                    image_features.dtype)
         if self.normalize:
             image_features, text_features = _normalize(image_features), _normalize(text_features)
@@ -153,7 +152,7 @@ class MoCoLoss(nn.Module):
         batch_keys = gather_with_grad(k, "key") if distributed else k  # (world * batch, dim)
         keys = torch.cat([batch_keys, self.queue.to(device=q.device, dtype=q.dtype)])  # (world * batch + K, dim)
         n = q.shape[0]
-        backend = _dispatch.select("info_nce", BACKENDS, self.backend, q.device, q.dtype)
+        backend = _dispatch.select("info_nce", self.backend, q.device, q.dtype)
         pos = (rank * n if distributed else 0) + torch.arange(n, device=q.device)
         exclude = torch.full((n,), -1, dtype=torch.int64, device=q.device)
         loss = info_nce_core(q, keys, _scale_tensor(1.0 / self.temperature, q), pos, exclude, backend)

@@ -29,6 +29,8 @@ BACKENDS = (
     _dispatch.cpp_backend("info_nce_forward", CPP_DTYPES),
     _dispatch.reference_backend(),
 )
+for _op in ("nt_xent", "info_nce", "clip_loss"):
+    _dispatch.register(_op, BACKENDS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -102,9 +104,14 @@ def _info_nce_fused(
     return loss_rows.mean(), lse
 
 
+def _stats_dtype(x: torch.Tensor) -> torch.dtype:
+    # Loss and log-sum-exp are float32 (the accumulation type) except on the float64 path.
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 @_info_nce_fused.register_fake
 def _(q, k, scale, pos, exclude, backend):
-    return q.new_empty((), dtype=torch.float32), q.new_empty((q.shape[0],), dtype=torch.float32)
+    return q.new_empty((), dtype=_stats_dtype(q)), q.new_empty((q.shape[0],), dtype=_stats_dtype(q))
 
 
 @torch.library.custom_op("fastssl::info_nce_fused_backward", mutates_args=())
@@ -153,7 +160,7 @@ def _nt_xent_fused(z: torch.Tensor, scale: torch.Tensor, backend: str) -> tuple[
 
 @_nt_xent_fused.register_fake
 def _(z, scale, backend):
-    return z.new_empty((), dtype=torch.float32), z.new_empty((z.shape[0],), dtype=torch.float32)
+    return z.new_empty((), dtype=_stats_dtype(z)), z.new_empty((z.shape[0],), dtype=_stats_dtype(z))
 
 
 @torch.library.custom_op("fastssl::nt_xent_fused_backward", mutates_args=())
@@ -263,7 +270,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, normal
     if z1.shape[0] != z2.shape[0]:
         raise ValueError(f"z1 and z2 must have the same N, got {z1.shape[0]} and {z2.shape[0]}")
     temperature = _check_temperature(temperature)
-    chosen = _dispatch.select("nt_xent", BACKENDS, backend, z1.device, z1.dtype)
+    chosen = _dispatch.select("nt_xent", backend, z1.device, z1.dtype)
     if chosen == "reference":
         return nt_xent_reference(z1, z2, temperature, normalize)
     z = torch.cat([z1, z2])
@@ -297,7 +304,7 @@ def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float = 0.07,
     temperature = _check_temperature(temperature)
     n, m = query.shape[0], keys.shape[0]
     pos = _check_positive_index(positive_index, n, m, query.device)
-    chosen = _dispatch.select("info_nce", BACKENDS, backend, query.device, query.dtype)
+    chosen = _dispatch.select("info_nce", backend, query.device, query.dtype)
     if chosen == "reference":
         return info_nce_reference(query, keys, temperature, pos, normalize)
     if normalize:
@@ -331,7 +338,7 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
             f"and {text_features.shape[0]}"
         )
     logit_scale = _check_logit_scale(logit_scale, image_features.device)
-    chosen = _dispatch.select("clip_loss", BACKENDS, backend, image_features.device, image_features.dtype)
+    chosen = _dispatch.select("clip_loss", backend, image_features.device, image_features.dtype)
     if chosen == "reference":
         return clip_loss_reference(image_features, text_features, logit_scale, normalize)
     if normalize:
