@@ -158,6 +158,9 @@ def select(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> s
             raise BackendUnavailableError(f"fastssl.ops.{op}: backend={backend!r} cannot run this call. {listed}")
         return backend
     for b in backends:
+        # The Triton interpreter (CPU tensors under TRITON_INTERPRET=1) is for tests: only a forced backend uses it.
+        if b.name == "triton" and device.type == "cpu":
+            continue
         if not reasons[b.name]:
             if b.name == "reference" and device.type in ("cpu", "cuda"):
                 fast = "; ".join(f"{n}: {reasons[n]}" for n in BACKENDS if n != "reference" and n in reasons)

@@ -86,8 +86,27 @@ def _load_tile(ptr, rows, row_ok, dims, D):
 
 
 @triton.jit
+def _cosines(q, k, rq, rk_ptr, cols, col_ok, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """rq_i * rk_j * (q . k^T) for a tile: the row scales are the inverse norms when the rows are normalised on
+    the fly (contract v2) and exactly 1 otherwise. The dq and dk kernels call this with the same operands in the
+    same order, so their S tiles stay bit-identical."""
+    qk = _mma(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT)
+    rk = tl.load(rk_ptr + cols, mask=col_ok, other=0.0)
+    return qk * rq[:, None] * rk[None, :]
+
+
+@triton.jit
+def _project(grad, x, rx, NORMALIZE: tl.constexpr):
+    """The backward of x / ||x|| for a tile of rows: rx * (grad - x^ (x^ . grad)) with x^ = rx * x."""
+    if NORMALIZE:
+        x_hat = x.to(tl.float32) * rx[:, None]
+        grad = rx[:, None] * (grad - x_hat * tl.sum(x_hat * grad, 1)[:, None])
+    return grad
+
+
+@triton.jit
 def _info_nce_fwd_kernel(
-    q_ptr, k_ptr, scale_ptr, pos_ptr, exclude_ptr, loss_ptr, lse_ptr,
+    q_ptr, k_ptr, rq_ptr, rk_ptr, scale_ptr, pos_ptr, exclude_ptr, loss_ptr, lse_ptr,
     N, M, D,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
@@ -100,6 +119,7 @@ def _info_nce_fwd_kernel(
     pos = tl.load(pos_ptr + rows, mask=row_ok, other=-1)
     exclude = tl.load(exclude_ptr + rows, mask=row_ok, other=-1)
     scale = tl.load(scale_ptr)
+    rq = tl.load(rq_ptr + rows, mask=row_ok, other=0.0)
 
     # Logits stay in natural units and go to base 2 (exp2 is the native instruction) only after the max is
     # subtracted: folding log2(e) into the scale rounds the large logit twice (1.7x PyTorch's fp32 lse error).
@@ -110,7 +130,7 @@ def _info_nce_fwd_kernel(
         cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
         col_ok = cols < M
         k = _load_tile(k_ptr, cols, col_ok, dims, D)
-        qk = _mma(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT)
+        qk = _cosines(q, k, rq, rk_ptr, cols, col_ok, DOT_PRECISION, UPCAST_DOT)
         # where(), not a multiply by the one-hot: a NaN or inf elsewhere in the row must not leak into it.
         qk_pos += tl.sum(tl.where(cols[None, :] == pos[:, None], qk, 0.0), 1)
         keep = col_ok[None, :] & (cols[None, :] != exclude[:, None])
@@ -138,10 +158,11 @@ def _info_nce_fwd_kernel(
 
 @triton.jit
 def _info_nce_bwd_dq_kernel(
-    q_ptr, k_ptr, scale_ptr, coef_ptr, pos_ptr, exclude_ptr, lse_ptr, inv_norm_ptr, dq_ptr, dscale_rows_ptr,
+    q_ptr, k_ptr, rq_ptr, rk_ptr, scale_ptr, coef_ptr, pos_ptr, exclude_ptr, lse_ptr, inv_norm_ptr, dq_ptr,
+    dscale_rows_ptr,
     N, M, D,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, NORMALIZE: tl.constexpr,
 ):
     """dq_i = coef * s * sum_j G_ij k_j, the per-row partial sum_j G_ij (q_i . k_j) of dscale / coef, and
     inv_norm_i = 1 / r_i for the dk kernel.
@@ -159,6 +180,7 @@ def _info_nce_bwd_dq_kernel(
     # lse = +inf on padding rows makes their P exactly 0.
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
     scale = tl.load(scale_ptr)
+    rq = tl.load(rq_ptr + rows, mask=row_ok, other=0.0)
 
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     dscale_rows = tl.zeros((BLOCK_M,), tl.float32)
@@ -167,12 +189,14 @@ def _info_nce_bwd_dq_kernel(
         cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
         col_ok = cols < M
         k = _load_tile(k_ptr, cols, col_ok, dims, D)
-        qk = _mma(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT)
+        qk = _cosines(q, k, rq, rk_ptr, cols, col_ok, DOT_PRECISION, UPCAST_DOT)
         keep = col_ok[None, :] & (cols[None, :] != exclude[:, None])
         p = tl.where(keep, tl.exp2((qk * scale - lse[:, None]) * _LOG2E), 0.0)
         g = p - tl.where(cols[None, :] == pos[:, None], 1.0, 0.0)
         norm += tl.sum(p, 1)
         dscale_rows += tl.sum(g * qk, 1)
+        # sum_j G_ij k^_j with k^_j = rk_j k_j: fold rk into G's columns
+        g = g * tl.load(rk_ptr + cols, mask=col_ok, other=0.0)[None, :]
         acc += _mma(g.to(k.dtype), k, DOT_PRECISION, UPCAST_DOT)
 
     inv_norm = 1.0 / norm
@@ -180,21 +204,24 @@ def _info_nce_bwd_dq_kernel(
     k_pos = _load_tile(k_ptr, pos, row_ok, dims, D)
     k_pos = k_pos.to(tl.float32)
     qk_pos = tl.sum(q.to(tl.float32) * k_pos, 1)
+    rk_pos = tl.load(rk_ptr + pos, mask=row_ok, other=0.0)
+    k_pos = k_pos * rk_pos[:, None]
+    qk_pos = qk_pos * rq * rk_pos
     acc = acc * inv_norm[:, None] + (inv_norm - 1.0)[:, None] * k_pos
     dscale_rows = dscale_rows * inv_norm + (inv_norm - 1.0) * qk_pos
     tl.store(inv_norm_ptr + rows, inv_norm, mask=row_ok)
     coef = tl.load(coef_ptr)
-    out = (acc * (coef * scale)).to(dq_ptr.dtype.element_ty)
+    out = _project(acc * (coef * scale), q, rq, NORMALIZE).to(dq_ptr.dtype.element_ty)
     tl.store(dq_ptr + rows[:, None] * D + dims[None, :], out, mask=row_ok[:, None] & (dims < D)[None, :])
     tl.store(dscale_rows_ptr + rows, dscale_rows, mask=row_ok)
 
 
 @triton.jit
 def _info_nce_bwd_dk_kernel(
-    q_ptr, k_ptr, scale_ptr, coef_ptr, pos_ptr, exclude_ptr, lse_ptr, inv_norm_ptr, dk_ptr,
+    q_ptr, k_ptr, rq_ptr, rk_ptr, scale_ptr, coef_ptr, pos_ptr, exclude_ptr, lse_ptr, inv_norm_ptr, dk_ptr,
     N, M, D,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, NORMALIZE: tl.constexpr,
 ):
     """dk_j = coef * s * sum_i G_ij q_i: one program per column block owns its dk rows, so no atomics."""
     cols = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -212,17 +239,20 @@ def _info_nce_bwd_dk_kernel(
         exclude = tl.load(exclude_ptr + rows, mask=row_ok, other=-1)
         lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
         inv_norm = tl.load(inv_norm_ptr + rows, mask=row_ok, other=0.0)
+        rq = tl.load(rq_ptr + rows, mask=row_ok, other=0.0)
         # Same operand order and tile shape as the dq kernel, so S is bit-identical there and the row norms
         # that kernel measured cancel this kernel's P errors (k @ q.T rounds differently: dk was 3-6x less
         # accurate).
-        qk = _mma(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT)
+        qk = _cosines(q, k, rq, rk_ptr, cols, col_ok, DOT_PRECISION, UPCAST_DOT)
         keep = row_ok[:, None] & col_ok[None, :] & (cols[None, :] != exclude[:, None])
         p = tl.where(keep, tl.exp2((qk * scale - lse[:, None]) * _LOG2E), 0.0)
         g = p * inv_norm[:, None] - tl.where(cols[None, :] == pos[:, None], 1.0, 0.0)
+        g = g * rq[:, None]  # sum_i G_ij q^_i with q^_i = rq_i q_i: fold rq into G's rows
         acc += _mma(tl.trans(g.to(q.dtype)), q, DOT_PRECISION, UPCAST_DOT)
 
     coef = tl.load(coef_ptr)
-    out = (acc * (coef * scale)).to(dk_ptr.dtype.element_ty)
+    rk = tl.load(rk_ptr + cols, mask=col_ok, other=0.0)
+    out = _project(acc * (coef * scale), k, rk, NORMALIZE).to(dk_ptr.dtype.element_ty)
     tl.store(dk_ptr + cols[:, None] * D + dims[None, :], out, mask=col_ok[:, None] & (dims < D)[None, :])
 
 
@@ -261,6 +291,20 @@ def _check_info_nce_args(q, k, scale, pos, exclude):
     _check_rows("exclude", exclude, q.shape[0], torch.int64, q.device)
 
 
+def inverse_norms(x):
+    """1 / max(||x_i||, 1e-12) per row in float32, as torch.nn.functional.normalize divides (O(rows))."""
+    return torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).clamp_min(1e-12).reciprocal()
+
+
+def _row_scales(q, k, normalize):
+    """Per-row scales the kernels multiply the logits by: inverse norms, or ones (exact) without normalisation."""
+    if not normalize:
+        ones = torch.ones(max(q.shape[0], k.shape[0]), dtype=torch.float32, device=q.device)
+        return ones, ones
+    rq = inverse_norms(q)
+    return rq, (rq if k is q else inverse_norms(k))
+
+
 def _launch(kernel, grid_rows, x, *args, **constexprs):
     block_d, block_m, block_n, num_stages = _config(kernel is _info_nce_fwd_kernel, x.shape[1], x.dtype)
     block = block_n if kernel is _info_nce_bwd_dk_kernel else block_m
@@ -272,18 +316,21 @@ def _launch(kernel, grid_rows, x, *args, **constexprs):
     )
 
 
-def info_nce_forward(q, k, scale, pos, exclude):
-    """loss_rows (N,) float32, lse (N,) float32 for q (N, D) against k (M, D); see the module docstring."""
+def info_nce_forward(q, k, scale, pos, exclude, normalize=False):
+    """loss_rows (N,) float32, lse (N,) float32 for q (N, D) against k (M, D); see the module docstring.
+    normalize=True L2-normalises the rows on the fly (contract v2) without a normalised copy."""
     _check_info_nce_args(q, k, scale, pos, exclude)
     (n, d), m = q.shape, k.shape[0]
     loss = torch.empty(n, dtype=torch.float32, device=q.device)
     lse = torch.empty(n, dtype=torch.float32, device=q.device)
-    _launch(_info_nce_fwd_kernel, n, q, q, k, scale, pos, exclude, loss, lse, n, m, d)
+    rq, rk = _row_scales(q, k, normalize)
+    _launch(_info_nce_fwd_kernel, n, q, q, k, rq, rk, scale, pos, exclude, loss, lse, n, m, d)
     return loss, lse
 
 
-def info_nce_backward(q, k, scale, pos, exclude, lse, coef):
-    """dq (N, D), dk (M, D) in the input dtype and dscale (0-d float32), given coef = dL/dloss_i."""
+def info_nce_backward(q, k, scale, pos, exclude, lse, coef, normalize=False):
+    """dq (N, D), dk (M, D) in the input dtype and dscale (0-d float32), given coef = dL/dloss_i; with
+    normalize=True the gradients are those of the raw rows (through the normalisation)."""
     _check_info_nce_args(q, k, scale, pos, exclude)
     _check_rows("lse", lse, q.shape[0], torch.float32, q.device)
     _check_scalar("coef", coef, q.device)
@@ -291,9 +338,11 @@ def info_nce_backward(q, k, scale, pos, exclude, lse, coef):
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     inv_norm = torch.empty(n, dtype=torch.float32, device=q.device)
     dscale_rows = torch.empty(n, dtype=torch.float32, device=q.device)
-    _launch(_info_nce_bwd_dq_kernel, n, q, q, k, scale, coef, pos, exclude, lse, inv_norm, dq, dscale_rows,
-            n, m, d)
-    _launch(_info_nce_bwd_dk_kernel, m, q, q, k, scale, coef, pos, exclude, lse, inv_norm, dk, n, m, d)
+    rq, rk = _row_scales(q, k, normalize)
+    _launch(_info_nce_bwd_dq_kernel, n, q, q, k, rq, rk, scale, coef, pos, exclude, lse, inv_norm, dq,
+            dscale_rows, n, m, d, NORMALIZE=normalize)
+    _launch(_info_nce_bwd_dk_kernel, m, q, q, k, rq, rk, scale, coef, pos, exclude, lse, inv_norm, dk, n, m, d,
+            NORMALIZE=normalize)
     return dq, dk, dscale_rows.sum() * coef
 
 
@@ -309,14 +358,14 @@ def _check_nt_xent_args(z, scale):
     _check_scalar("scale", scale, z.device)
 
 
-def nt_xent_forward(z, scale):
+def nt_xent_forward(z, scale, normalize=False):
     """loss_rows (2N,) float32, lse (2N,) float32 for z (2N, D), both views stacked: q = k = z."""
     _check_nt_xent_args(z, scale)
     pos, exclude = nt_xent_pairs(z.shape[0], z.device)
-    return info_nce_forward(z, z, scale, pos, exclude)
+    return info_nce_forward(z, z, scale, pos, exclude, normalize)
 
 
-def nt_xent_backward(z, scale, lse, coef):
+def nt_xent_backward(z, scale, lse, coef, normalize=False):
     """dz (2N, D) in z's dtype and dscale (0-d float32): dq + dk of info_nce_backward with q = k = z.
 
     A fused pass using the symmetry of S (G_ji from the same tile through lse_j) would save one of the four
@@ -326,5 +375,5 @@ def nt_xent_backward(z, scale, lse, coef):
     """
     _check_nt_xent_args(z, scale)
     pos, exclude = nt_xent_pairs(z.shape[0], z.device)
-    dq, dk, dscale = info_nce_backward(z, z, scale, pos, exclude, lse, coef)
+    dq, dk, dscale = info_nce_backward(z, z, scale, pos, exclude, lse, coef, normalize)
     return dq.add_(dk), dscale

@@ -21,7 +21,6 @@ from fastssl.ops.info_nce import (
     _check_embeddings,
     _check_logit_scale,
     _check_temperature,
-    _normalize,
     _scale_tensor,
     clip_loss,
     clip_loss_core,
@@ -58,15 +57,15 @@ class NTXentLoss(nn.Module):
         if out0.shape[0] != out1.shape[0]:
             raise ValueError(f"out0 and out1 must have the same batch size, got {out0.shape[0]} and {out1.shape[0]}")
         backend = _dispatch.select("nt_xent", self.backend, out0.device, out0.dtype)
-        z0, z1 = _normalize(out0), _normalize(out1)
-        n = z0.shape[0]
-        keys = torch.cat([gather_with_grad(z0, "out0"), gather_with_grad(z1, "out1")])  # (2 * world * n, D)
+        n = out0.shape[0]
+        # Raw rows travel; the op normalises queries and gathered keys alike on the fly.
+        keys = torch.cat([gather_with_grad(out0, "out0"), gather_with_grad(out1, "out1")])  # (2 * world * n, D)
         global_n = world * n
-        local = rank * n + torch.arange(n, device=z0.device)  # global row of this rank's view-0 rows
+        local = rank * n + torch.arange(n, device=out0.device)  # global row of this rank's view-0 rows
         pos = torch.cat([local + global_n, local])
         exclude = torch.cat([local, local + global_n])
-        loss = info_nce_core(torch.cat([z0, z1]), keys, _scale_tensor(1.0 / self.temperature, z0),
-                                 pos, exclude, backend)
+        loss = info_nce_core(torch.cat([out0, out1]), keys, _scale_tensor(1.0 / self.temperature, out0),
+                             pos, exclude, True, backend)
         return loss + (mean_over_ranks(loss) - loss.detach())
 
 
@@ -97,12 +96,10 @@ class ClipLoss(nn.Module):
         scale = _check_logit_scale(logit_scale, image_features.device)
         backend = _dispatch.select("clip_loss", self.backend, image_features.device,
                                    image_features.dtype)
-        if self.normalize:
-            image_features, text_features = _normalize(image_features), _normalize(text_features)
         n = image_features.shape[0]
         pos = rank * n + torch.arange(n, device=image_features.device)
         loss = clip_loss_core(
-            image_features.contiguous(), text_features.contiguous(), scale, pos, backend,
+            image_features.contiguous(), text_features.contiguous(), scale, pos, self.normalize, backend,
             image_keys=gather_with_grad(text_features, "text_features"),
             text_keys=gather_with_grad(image_features, "image_features"),
         )
@@ -148,15 +145,16 @@ class MoCoLoss(nn.Module):
             raise ValueError(f"query has dim {query.shape[1]} but the queue was built with dim={self.queue.shape[1]}")
         rank, world = distributed_world()
         distributed = self.gather_distributed and world > 1
-        q, k = _normalize(query), _normalize(key)
-        batch_keys = gather_with_grad(k, "key") if distributed else k  # (world * batch, dim)
-        keys = torch.cat([batch_keys, self.queue.to(device=q.device, dtype=q.dtype)])  # (world * batch + K, dim)
-        n = q.shape[0]
-        backend = _dispatch.select("info_nce", self.backend, q.device, q.dtype)
-        pos = (rank * n if distributed else 0) + torch.arange(n, device=q.device)
-        exclude = torch.full((n,), -1, dtype=torch.int64, device=q.device)
-        loss = info_nce_core(q, keys, _scale_tensor(1.0 / self.temperature, q), pos, exclude, backend)
-        self._enqueue(batch_keys.detach())
+        batch_keys = gather_with_grad(key, "key") if distributed else key  # (world * batch, dim)
+        # The queue holds unit rows; normalising them again inside the op is exact up to rounding.
+        keys = torch.cat([batch_keys, self.queue.to(device=query.device, dtype=query.dtype)])
+        n = query.shape[0]
+        backend = _dispatch.select("info_nce", self.backend, query.device, query.dtype)
+        pos = (rank * n if distributed else 0) + torch.arange(n, device=query.device)
+        exclude = torch.full((n,), -1, dtype=torch.int64, device=query.device)
+        loss = info_nce_core(query, keys, _scale_tensor(1.0 / self.temperature, query), pos, exclude, True,
+                             backend)
+        self._enqueue(nn.functional.normalize(batch_keys.detach().float(), dim=1))
         if distributed:
             loss = loss + (mean_over_ranks(loss) - loss.detach())
         return loss

@@ -96,99 +96,144 @@ def _scalar_arg(backend: str, value: torch.Tensor):
     return float(value) if backend == "cpp" else value.detach().to(torch.float32).reshape(())
 
 
-@torch.library.custom_op("fastssl::info_nce_fused", mutates_args=())
-def _info_nce_fused(
-    q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor, exclude: torch.Tensor, backend: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    loss_rows, lse = _kernels(backend).info_nce_forward(q, k, _scalar_arg(backend, scale), pos, exclude)
-    return loss_rows.mean(), lse
-
-
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     # Loss and log-sum-exp are float32 (the accumulation type) except on the float64 path.
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+# Normalisation. The Triton kernels normalise rows on the fly from their inverse norms (contract v2), so no
+# normalised copy exists. The C++ kernel takes unit rows: for it the op normalises inside the custom op (a float32
+# copy that lives for the call only; the kernel packs into float32 anyway) and applies the Jacobian of
+# x / ||x|| to the gradients afterwards.
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x if x.dtype == torch.float64 else x.float(), dim=1)
+
+
+def _through_normalize(grad_unit: torch.Tensor, x: torch.Tensor, x_unit: torch.Tensor) -> torch.Tensor:
+    """Backward of x / max(||x||, eps): r * (g - x^ (x^ . g)) with r = 1 / max(||x||, eps)."""
+    inv_norm = torch.linalg.vector_norm(x, dim=1, dtype=x_unit.dtype).clamp_min(1e-12).reciprocal()
+    grad_unit = grad_unit.to(x_unit.dtype)
+    radial = (grad_unit * x_unit).sum(dim=1, keepdim=True)
+    return (inv_norm[:, None] * (grad_unit - x_unit * radial)).to(x.dtype)
+
+
+def _fused_forward(backend, q, k, scale, pos, exclude, normalize):
+    kernels = _kernels(backend)
+    if backend == "triton":
+        return kernels.info_nce_forward(q, k, _scalar_arg(backend, scale), pos, exclude, normalize)
+    if normalize:
+        q, k = _unit_rows(q), _unit_rows(k)
+    return kernels.info_nce_forward(q, k, _scalar_arg(backend, scale), pos, exclude)
+
+
+def _fused_backward(backend, q, k, scale, pos, exclude, lse, coef, normalize):
+    kernels = _kernels(backend)
+    scale_arg, coef_arg = _scalar_arg(backend, scale), _scalar_arg(backend, coef)
+    if backend == "triton":
+        return kernels.info_nce_backward(q, k, scale_arg, pos, exclude, lse, coef_arg, normalize)
+    if not normalize:
+        return kernels.info_nce_backward(q, k, scale_arg, pos, exclude, lse, coef_arg)
+    q_unit, k_unit = _unit_rows(q), _unit_rows(k)
+    dq, dk, dscale = kernels.info_nce_backward(q_unit, k_unit, scale_arg, pos, exclude, lse, coef_arg)
+    return _through_normalize(dq, q, q_unit), _through_normalize(dk, k, k_unit), dscale
+
+
+@torch.library.custom_op("fastssl::info_nce_fused", mutates_args=())
+def _info_nce_fused(
+    q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor, exclude: torch.Tensor,
+    normalize: bool, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    loss_rows, lse = _fused_forward(backend, q, k, scale, pos, exclude, normalize)
+    return loss_rows.mean(), lse
+
+
 @_info_nce_fused.register_fake
-def _(q, k, scale, pos, exclude, backend):
+def _(q, k, scale, pos, exclude, normalize, backend):
     return q.new_empty((), dtype=_stats_dtype(q)), q.new_empty((q.shape[0],), dtype=_stats_dtype(q))
 
 
 @torch.library.custom_op("fastssl::info_nce_fused_backward", mutates_args=())
 def _info_nce_fused_backward(
-    grad: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: torch.Tensor,
-    pos: torch.Tensor,
-    exclude: torch.Tensor,
-    lse: torch.Tensor,
-    backend: str,
+    grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor,
+    exclude: torch.Tensor, lse: torch.Tensor, normalize: bool, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     coef = grad / q.shape[0]  # d(mean)/d(loss_i)
-    dq, dk, dscale = _kernels(backend).info_nce_backward(
-        q, k, _scalar_arg(backend, scale), pos, exclude, lse, _scalar_arg(backend, coef)
-    )
+    dq, dk, dscale = _fused_backward(backend, q, k, scale, pos, exclude, lse, coef, normalize)
     return dq, dk, dscale.reshape(()).to(scale.dtype)
 
 
 @_info_nce_fused_backward.register_fake
-def _(grad, q, k, scale, pos, exclude, lse, backend):
+def _(grad, q, k, scale, pos, exclude, lse, normalize, backend):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(scale)
 
 
 def _info_nce_setup(ctx, inputs, output):
-    q, k, scale, pos, exclude, backend = inputs
+    q, k, scale, pos, exclude, normalize, backend = inputs
     ctx.save_for_backward(q, k, scale, pos, exclude, output[1])
-    ctx.backend = backend
+    ctx.normalize, ctx.backend = normalize, backend
 
 
 def _info_nce_backward(ctx, grad_loss, grad_lse):
     q, k, scale, pos, exclude, lse = ctx.saved_tensors
-    dq, dk, dscale = _info_nce_fused_backward(grad_loss, q, k, scale, pos, exclude, lse, ctx.backend)
-    return dq, dk, dscale, None, None, None
+    dq, dk, dscale = _info_nce_fused_backward(grad_loss, q, k, scale, pos, exclude, lse, ctx.normalize,
+                                              ctx.backend)
+    return dq, dk, dscale, None, None, None, None
 
 
 _info_nce_fused.register_autograd(_info_nce_backward, setup_context=_info_nce_setup)
 
 
 @torch.library.custom_op("fastssl::nt_xent_fused", mutates_args=())
-def _nt_xent_fused(z: torch.Tensor, scale: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    loss_rows, lse = _kernels(backend).nt_xent_forward(z, _scalar_arg(backend, scale))
+def _nt_xent_fused(
+    z: torch.Tensor, scale: torch.Tensor, normalize: bool, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    kernels = _kernels(backend)
+    if backend == "triton":
+        loss_rows, lse = kernels.nt_xent_forward(z, _scalar_arg(backend, scale), normalize)
+    else:
+        loss_rows, lse = kernels.nt_xent_forward(_unit_rows(z) if normalize else z, _scalar_arg(backend, scale))
     return loss_rows.mean(), lse
 
 
 @_nt_xent_fused.register_fake
-def _(z, scale, backend):
+def _(z, scale, normalize, backend):
     return z.new_empty((), dtype=_stats_dtype(z)), z.new_empty((z.shape[0],), dtype=_stats_dtype(z))
 
 
 @torch.library.custom_op("fastssl::nt_xent_fused_backward", mutates_args=())
 def _nt_xent_fused_backward(
-    grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, lse: torch.Tensor, backend: str
+    grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, lse: torch.Tensor, normalize: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    coef = grad / z.shape[0]
-    dz, dscale = _kernels(backend).nt_xent_backward(
-        z, _scalar_arg(backend, scale), lse, _scalar_arg(backend, coef)
-    )
+    kernels = _kernels(backend)
+    scale_arg, coef_arg = _scalar_arg(backend, scale), _scalar_arg(backend, grad / z.shape[0])
+    if backend == "triton":
+        dz, dscale = kernels.nt_xent_backward(z, scale_arg, lse, coef_arg, normalize)
+    elif normalize:
+        z_unit = _unit_rows(z)
+        dz_unit, dscale = kernels.nt_xent_backward(z_unit, scale_arg, lse, coef_arg)
+        dz = _through_normalize(dz_unit, z, z_unit)
+    else:
+        dz, dscale = kernels.nt_xent_backward(z, scale_arg, lse, coef_arg)
     return dz, dscale.reshape(()).to(scale.dtype)
 
 
 @_nt_xent_fused_backward.register_fake
-def _(grad, z, scale, lse, backend):
+def _(grad, z, scale, lse, normalize, backend):
     return torch.empty_like(z), torch.empty_like(scale)
 
 
 def _nt_xent_setup(ctx, inputs, output):
-    z, scale, backend = inputs
+    z, scale, normalize, backend = inputs
     ctx.save_for_backward(z, scale, output[1])
-    ctx.backend = backend
+    ctx.normalize, ctx.backend = normalize, backend
 
 
 def _nt_xent_backward(ctx, grad_loss, grad_lse):
     z, scale, lse = ctx.saved_tensors
-    dz, dscale = _nt_xent_fused_backward(grad_loss, z, scale, lse, ctx.backend)
-    return dz, dscale, None
+    dz, dscale = _nt_xent_fused_backward(grad_loss, z, scale, lse, ctx.normalize, ctx.backend)
+    return dz, dscale, None, None
 
 
 _nt_xent_fused.register_autograd(_nt_xent_backward, setup_context=_nt_xent_setup)
@@ -232,13 +277,6 @@ def _check_temperature(temperature) -> float:
     return float(temperature)
 
 
-def _normalize(z: torch.Tensor) -> torch.Tensor:
-    # Norms in float32 even for bf16/fp16 inputs; the kernels then read the input dtype (tensor cores on GPU).
-    if z.dtype in (torch.bfloat16, torch.float16):
-        return F.normalize(z.float(), dim=1).to(z.dtype)
-    return F.normalize(z, dim=1)
-
-
 def _scale_tensor(value: float, like: torch.Tensor) -> torch.Tensor:
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
     return torch.full((), value, dtype=dtype, device=like.device)
@@ -273,10 +311,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, normal
     chosen = _dispatch.select("nt_xent", backend, z1.device, z1.dtype)
     if chosen == "reference":
         return nt_xent_reference(z1, z2, temperature, normalize)
-    z = torch.cat([z1, z2])
-    if normalize:
-        z = _normalize(z)
-    return _nt_xent_fused(z.contiguous(), _scale_tensor(1.0 / temperature, z), chosen)[0]
+    z = torch.cat([z1, z2])  # (2N, D)
+    return _nt_xent_fused(z, _scale_tensor(1.0 / temperature, z), normalize, chosen)[0]
 
 
 def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float = 0.07,
@@ -307,11 +343,9 @@ def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float = 0.07,
     chosen = _dispatch.select("info_nce", backend, query.device, query.dtype)
     if chosen == "reference":
         return info_nce_reference(query, keys, temperature, pos, normalize)
-    if normalize:
-        query, keys = _normalize(query), _normalize(keys)
     exclude = torch.full((n,), -1, dtype=torch.int64, device=query.device)
     return _info_nce_fused(query.contiguous(), keys.contiguous(), _scale_tensor(1.0 / temperature, query),
-                           pos, exclude, chosen)[0]
+                           pos, exclude, normalize, chosen)[0]
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
@@ -341,32 +375,28 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     chosen = _dispatch.select("clip_loss", backend, image_features.device, image_features.dtype)
     if chosen == "reference":
         return clip_loss_reference(image_features, text_features, logit_scale, normalize)
-    if normalize:
-        image_features, text_features = _normalize(image_features), _normalize(text_features)
     return clip_loss_core(image_features.contiguous(), text_features.contiguous(), logit_scale,
-                          torch.arange(image_features.shape[0], device=image_features.device), chosen)
+                          torch.arange(image_features.shape[0], device=image_features.device), normalize, chosen)
 
 
-def clip_loss_core(image, text, scale, pos, backend: str, image_keys=None, text_keys=None):
+def clip_loss_core(image, text, scale, pos, normalize: bool, backend: str, image_keys=None, text_keys=None):
     """Both CLIP directions on the fused primitive. For a distributed batch, queries are this rank's rows and
     the keys are every rank's rows (pos holds each local row's global index)."""
     image_keys = text if image_keys is None else image_keys
     text_keys = image if text_keys is None else text_keys
     exclude = torch.full((image.shape[0],), -1, dtype=torch.int64, device=image.device)
-    if backend == "reference":
-        i2t = contrastive_reference(image, image_keys, scale, pos, exclude)
-        t2i = contrastive_reference(text, text_keys, scale, pos, exclude)
-    else:
-        i2t = _info_nce_fused(image, image_keys, scale, pos, exclude, backend)[0]
-        t2i = _info_nce_fused(text, text_keys, scale, pos, exclude, backend)[0]
+    i2t = info_nce_core(image, image_keys, scale, pos, exclude, normalize, backend)
+    t2i = info_nce_core(text, text_keys, scale, pos, exclude, normalize, backend)
     return (i2t + t2i) / 2
 
 
-def info_nce_core(q, k, scale, pos, exclude, backend: str):
-    """The general primitive on already-normalised rows (used by fastssl.nn for the distributed losses)."""
+def info_nce_core(q, k, scale, pos, exclude, normalize: bool, backend: str):
+    """The general primitive (used by clip_loss and by fastssl.nn for the distributed losses)."""
     if backend == "reference":
+        if normalize:
+            q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
         return contrastive_reference(q, k, scale, pos, exclude)
-    return _info_nce_fused(q.contiguous(), k.contiguous(), scale, pos, exclude, backend)[0]
+    return _info_nce_fused(q.contiguous(), k.contiguous(), scale, pos, exclude, normalize, backend)[0]
 
 
 def _check_positive_index(positive_index, n: int, m: int, device: torch.device) -> torch.Tensor:

@@ -5,8 +5,10 @@ rank and the averaged gradients must equal those of a single process over the co
 libraries have shipped this wrong: label offsets per rank, and gradients off by the world size.)
 """
 
+import datetime
 import os
 import tempfile
+import time
 
 import pytest
 import torch
@@ -57,7 +59,8 @@ def _step(model, x0, x1, t, backend, moco):
 
 
 def _worker(rank, init_file, out_dir, backend):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
     torch.set_num_threads(1)
     model = nn.parallel.DistributedDataParallel(_model())
     moco = MoCoLoss(0.2, queue_size=16, dim=DIM_OUT, gather_distributed=True, backend=backend)
@@ -68,6 +71,9 @@ def _worker(rank, init_file, out_dir, backend):
     losses = _step(model, x0, x1, t, backend, moco)
     grads = {name: p.grad for name, p in model.module.named_parameters()}
     torch.save({"losses": losses, "grads": grads, "queue": moco.queue.clone()}, os.path.join(out_dir, f"{rank}.pt"))
+    # DDP's reducer must go before its process group: torn down the other way round it hung at exit now and then.
+    del model, grads
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -78,8 +84,15 @@ BACKENDS = ["reference", pytest.param("cpp", marks=pytest.mark.skipif(
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_gloo_processes_take_the_single_process_step(backend):
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only: the sandbox's other interfaces may not route
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(os.path.join(tmp, "init"), tmp, backend), nprocs=WORLD, join=True)
+        workers = mp.spawn(_worker, args=(os.path.join(tmp, "init"), tmp, backend), nprocs=WORLD, join=False)
+        deadline = time.monotonic() + 180
+        while not workers.join(timeout=5):
+            if time.monotonic() > deadline:
+                for process in workers.processes:
+                    process.kill()
+                pytest.fail("the 2-process gloo run did not finish in 180 s")
         ranks = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(WORLD)]
 
     model = _model()

@@ -162,13 +162,14 @@ def test_gradcheck_float64(backend):
 def test_opcheck(backend):
     from fastssl.ops.info_nce import _info_nce_fused, _nt_xent_fused
 
-    q = torch.nn.functional.normalize(torch.randn(14, 9), dim=1).requires_grad_(True)
-    k = torch.nn.functional.normalize(torch.randn(21, 9), dim=1).requires_grad_(True)
+    q = torch.randn(14, 9).requires_grad_(True)
+    k = torch.randn(21, 9).requires_grad_(True)
     scale = torch.tensor(5.0, requires_grad=True)
     pos = torch.randint(0, 21, (14,))
     exclude = torch.where(torch.rand(14) < 0.5, -1, (pos + 1) % 21)
-    torch.library.opcheck(_info_nce_fused, (q, k, scale, pos, exclude, backend))
-    torch.library.opcheck(_nt_xent_fused, (q, torch.tensor(2.0), backend))
+    for normalize in (False, True):
+        torch.library.opcheck(_info_nce_fused, (q, k, scale, pos, exclude, normalize, backend))
+        torch.library.opcheck(_nt_xent_fused, (q, torch.tensor(2.0), normalize, backend))
 
 
 @pytest.mark.parametrize("backend", [p for p in FUSED if p.values[0] == "cpp"])
@@ -302,3 +303,27 @@ def test_triton_on_cuda_memory_is_linear_in_batch(op):
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base - inputs_and_grads
     assert extra <= 64 * 2**20, f"peak extra memory {extra / 2**20:.1f} MiB > 64 MiB"
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_without_normalization_matches_float64_reference(backend, dtype):
+    n, d = 37, 20
+    z1, z2 = 0.3 * torch.randn(n, d), 0.3 * torch.randn(n, d)
+    keys = 0.3 * torch.randn(n + 50, d)
+    _check_against_reference(
+        lambda a, b, backend: nt_xent(a, b, 0.5, normalize=False, backend=backend),
+        lambda a, b: nt_xent_reference(a, b, 0.5, normalize=False),
+        [z1, z2], dtype, backend,
+    )
+    _check_against_reference(
+        lambda a, b, backend: info_nce(a, b, 0.2, normalize=False, backend=backend),
+        lambda a, b: info_nce_reference(a, b, 0.2, normalize=False),
+        [z1, keys], dtype, backend,
+    )
+    scale = torch.tensor(3.0)
+    _check_against_reference(
+        lambda a, b, backend: clip_loss(a, b, scale, normalize=False, backend=backend),
+        lambda a, b: clip_loss_reference(a, b, scale, normalize=False),
+        [z1, z2], dtype, backend,
+    )
