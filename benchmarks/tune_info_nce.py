@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-KNOBS = ("_MAX_BLOCK_M", "_MAX_BLOCK_N", "_Q_TILE_BYTES", "_K_TILE_BYTES", "_NUM_WARPS", "_NUM_STAGES")
+KNOBS = ("_MAX_BLOCK", "_FWD_TILE_BYTES", "_BWD_TILE_BYTES", "_NUM_WARPS")
 
 
 def apply_config(config: dict) -> None:
@@ -31,12 +31,11 @@ def apply_config(config: dict) -> None:
 
 
 def candidates():
-    for block_m, block_n, warps, stages in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3)):
-        yield {
-            "_MAX_BLOCK_M": block_m, "_MAX_BLOCK_N": block_n,
-            "_Q_TILE_BYTES": 1 << 20, "_K_TILE_BYTES": 1 << 20,  # let the max block sizes decide
-            "_NUM_WARPS": warps, "_NUM_STAGES": stages,
-        }
+    # Square tiles (the dq and dk kernels must share them); the stage count follows the module's row-size rule.
+    for block, fwd_bytes, bwd_bytes, warps in itertools.product(
+        (32, 64, 128), (16 << 10, 32 << 10, 64 << 10), (16 << 10, 32 << 10), (4, 8)
+    ):
+        yield {"_MAX_BLOCK": block, "_FWD_TILE_BYTES": fwd_bytes, "_BWD_TILE_BYTES": bwd_bytes, "_NUM_WARPS": warps}
 
 
 def time_config(rows: int, dim: int) -> tuple[float, float]:
@@ -45,14 +44,14 @@ def time_config(rows: int, dim: int) -> tuple[float, float]:
     from fastssl.kernels import info_nce as kernels
 
     g = torch.Generator(device="cuda").manual_seed(0)
-    z = torch.nn.functional.normalize(torch.randn(rows, dim, device="cuda", generator=g), dim=1).to(torch.bfloat16)
+    z = torch.randn(rows, dim, device="cuda", generator=g, dtype=torch.bfloat16)
     scale = torch.tensor(2.0, device="cuda")
     coef = torch.tensor(1.0 / rows, device="cuda")
     pos = (torch.arange(rows, device="cuda") + rows // 2) % rows
     exclude = torch.arange(rows, device="cuda")
-    fwd = lambda: kernels.info_nce_forward(z, z, scale, pos, exclude)  # noqa: E731
+    fwd = lambda: kernels.info_nce_forward(z, z, scale, pos, exclude, True)  # noqa: E731
     _, lse = fwd()
-    bwd = lambda: kernels.info_nce_backward(z, z, scale, pos, exclude, lse, coef)  # noqa: E731
+    bwd = lambda: kernels.info_nce_backward(z, z, scale, pos, exclude, lse, coef, True)  # noqa: E731
     return (do_bench(fwd, warmup=10, rep=60, return_mode="median"),
             do_bench(bwd, warmup=10, rep=60, return_mode="median"))
 
@@ -81,9 +80,7 @@ def main() -> None:
                 continue
             results.append((fwd_ms + bwd_ms, fwd_ms, bwd_ms, config))
             tag = "default" if config is defaults else ""
-            print(f"rows={rows} D={dim} BM={config['_MAX_BLOCK_M']} BN={config['_MAX_BLOCK_N']} "
-                  f"w={config['_NUM_WARPS']} s={config['_NUM_STAGES']}: fwd {fwd_ms:.3f} ms bwd {bwd_ms:.3f} ms "
-                  f"{tag}", flush=True)
+            print(f"rows={rows} D={dim} {config}: fwd {fwd_ms:.3f} ms bwd {bwd_ms:.3f} ms {tag}", flush=True)
         apply_config(defaults)
         if results:
             total, fwd_ms, bwd_ms, config = min(results, key=lambda r: r[0])
