@@ -70,14 +70,15 @@ def cuda_extension_has(symbol: str) -> tuple[bool, str]:
 
 @dataclass(frozen=True)
 class Backend:
-    """One way to run an op: ``accepts(device, dtype)`` returns "" when it can, else the reason it cannot."""
+    """One way to run an op: ``accepts(device, dtype, dim)`` returns "" when it can, else the reason it cannot
+    (``dim`` is the row width of the op's inputs, or None when the question is about the machine alone)."""
 
     name: str
-    accepts: Callable[[torch.device, torch.dtype], str]
+    accepts: Callable[[torch.device, torch.dtype, Optional[int]], str]
 
 
 def cpp_backend(symbol: str, dtypes: Sequence[torch.dtype]) -> Backend:
-    def accepts(device: torch.device, dtype: torch.dtype) -> str:
+    def accepts(device: torch.device, dtype: torch.dtype, dim: Optional[int] = None) -> str:
         module, reason = extension()
         if module is None:
             return reason
@@ -93,7 +94,7 @@ def cpp_backend(symbol: str, dtypes: Sequence[torch.dtype]) -> Backend:
 
 
 def triton_backend(module_name: str, dtypes: Sequence[torch.dtype]) -> Backend:
-    def accepts(device: torch.device, dtype: torch.dtype) -> str:
+    def accepts(device: torch.device, dtype: torch.dtype, dim: Optional[int] = None) -> str:
         module, reason = triton_module(module_name)
         if module is None:
             return reason
@@ -101,13 +102,15 @@ def triton_backend(module_name: str, dtypes: Sequence[torch.dtype]) -> Backend:
             return f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got {device.type}"
         if dtype not in dtypes:
             return f"the Triton kernel takes {_names(dtypes)}, got {dtype}"
+        if dim is not None and dim > module.max_dim(dtype):
+            return f"the Triton kernel holds a row in shared memory: D <= {module.max_dim(dtype)} in {dtype}, got {dim}"
         return ""
 
     return Backend("triton", accepts)
 
 
 def cuda_backend(symbol: str, dtypes: Sequence[torch.dtype]) -> Backend:
-    def accepts(device: torch.device, dtype: torch.dtype) -> str:
+    def accepts(device: torch.device, dtype: torch.dtype, dim: Optional[int] = None) -> str:
         ok, reason = cuda_extension_has(symbol)
         if not ok:
             return reason
@@ -121,7 +124,7 @@ def cuda_backend(symbol: str, dtypes: Sequence[torch.dtype]) -> Backend:
 
 
 def reference_backend() -> Backend:
-    return Backend("reference", lambda device, dtype: "")
+    return Backend("reference", lambda device, dtype, dim=None: "")
 
 
 # op name -> its backends in the order "auto" tries them; each ops module registers its ops at import.
@@ -144,12 +147,12 @@ def _log_fallback_once(op: str, reasons: str) -> None:
 # Under torch.compile the choice is made once, eagerly, at trace time: it depends only on constants (the device and
 # dtype, which the compiled graph guards on anyway), and tracing into importlib would break the graph.
 @torch.compiler.assume_constant_result
-def select(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str:
+def select(op: str, backend: str, device: torch.device, dtype: torch.dtype, dim: Optional[int] = None) -> str:
     """Pick the backend of `op` for one call; raise if a forced one refuses, naming every backend's reason."""
     backends = OPS[op]
     if backend not in ("auto",) + BACKENDS:
         raise ValueError(f"backend must be one of 'auto', {', '.join(repr(b) for b in BACKENDS)}; got {backend!r}")
-    reasons = {b.name: b.accepts(device, dtype) for b in backends}
+    reasons = {b.name: b.accepts(device, dtype, dim) for b in backends}
     for name in BACKENDS:
         reasons.setdefault(name, f"{op} has no {name} backend")
     if backend != "auto":

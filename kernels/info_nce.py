@@ -42,6 +42,11 @@ _MAX_BLOCK_D = {torch.float32: 512, torch.bfloat16: 2048, torch.float16: 2048}
 _NUM_WARPS = 4
 
 
+def max_dim(dtype):
+    """The widest row (D) these kernels take in `dtype`; the dispatcher routes wider inputs elsewhere."""
+    return _MAX_BLOCK_D[dtype]
+
+
 def _config(forward, dim, dtype):
     """(BLOCK_D, BLOCK_M, BLOCK_N, num_stages) for rows of `dim` elements of `dtype`: the rule above.
 

@@ -56,7 +56,7 @@ class NTXentLoss(nn.Module):
         _check_embeddings(out0=out0, out1=out1)
         if out0.shape[0] != out1.shape[0]:
             raise ValueError(f"out0 and out1 must have the same batch size, got {out0.shape[0]} and {out1.shape[0]}")
-        backend = _dispatch.select("nt_xent", self.backend, out0.device, out0.dtype)
+        backend = _dispatch.select("nt_xent", self.backend, out0.device, out0.dtype, out0.shape[1])
         n = out0.shape[0]
         # Raw rows travel; the op normalises queries and gathered keys alike on the fly.
         keys = torch.cat([gather_with_grad(out0, "out0"), gather_with_grad(out1, "out1")])  # (2 * world * n, D)
@@ -95,7 +95,7 @@ class ClipLoss(nn.Module):
             )
         scale = _check_logit_scale(logit_scale, image_features.device)
         backend = _dispatch.select("clip_loss", self.backend, image_features.device,
-                                   image_features.dtype)
+                                   image_features.dtype, image_features.shape[1])
         n = image_features.shape[0]
         pos = rank * n + torch.arange(n, device=image_features.device)
         loss = clip_loss_core(
@@ -149,7 +149,7 @@ class MoCoLoss(nn.Module):
         # The queue holds unit rows; normalising them again inside the op is exact up to rounding.
         keys = torch.cat([batch_keys, self.queue.to(device=query.device, dtype=query.dtype)])
         n = query.shape[0]
-        backend = _dispatch.select("info_nce", self.backend, query.device, query.dtype)
+        backend = _dispatch.select("info_nce", self.backend, query.device, query.dtype, query.shape[1])
         pos = (rank * n if distributed else 0) + torch.arange(n, device=query.device)
         exclude = torch.full((n,), -1, dtype=torch.int64, device=query.device)
         loss = info_nce_core(query, keys, _scale_tensor(1.0 / self.temperature, query), pos, exclude, True,

@@ -308,7 +308,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, normal
     if z1.shape[0] != z2.shape[0]:
         raise ValueError(f"z1 and z2 must have the same N, got {z1.shape[0]} and {z2.shape[0]}")
     temperature = _check_temperature(temperature)
-    chosen = _dispatch.select("nt_xent", backend, z1.device, z1.dtype)
+    chosen = _dispatch.select("nt_xent", backend, z1.device, z1.dtype, z1.shape[1])
     if chosen == "reference":
         return nt_xent_reference(z1, z2, temperature, normalize)
     z = torch.cat([z1, z2])  # (2N, D)
@@ -340,7 +340,7 @@ def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float = 0.07,
     temperature = _check_temperature(temperature)
     n, m = query.shape[0], keys.shape[0]
     pos = _check_positive_index(positive_index, n, m, query.device)
-    chosen = _dispatch.select("info_nce", backend, query.device, query.dtype)
+    chosen = _dispatch.select("info_nce", backend, query.device, query.dtype, query.shape[1])
     if chosen == "reference":
         return info_nce_reference(query, keys, temperature, pos, normalize)
     exclude = torch.full((n,), -1, dtype=torch.int64, device=query.device)
@@ -372,7 +372,8 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
             f"and {text_features.shape[0]}"
         )
     logit_scale = _check_logit_scale(logit_scale, image_features.device)
-    chosen = _dispatch.select("clip_loss", backend, image_features.device, image_features.dtype)
+    chosen = _dispatch.select("clip_loss", backend, image_features.device, image_features.dtype,
+                                image_features.shape[1])
     if chosen == "reference":
         return clip_loss_reference(image_features, text_features, logit_scale, normalize)
     return clip_loss_core(image_features.contiguous(), text_features.contiguous(), logit_scale,

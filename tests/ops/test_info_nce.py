@@ -327,3 +327,11 @@ def test_without_normalization_matches_float64_reference(backend, dtype):
         lambda a, b: clip_loss_reference(a, b, scale, normalize=False),
         [z1, z2], dtype, backend,
     )
+
+
+@pytest.mark.parametrize("backend", [p for p in FUSED if p.values[0] == "triton"])
+def test_triton_refuses_rows_wider_than_its_tiles_with_a_reason(backend):
+    z = torch.randn(4, 1024)  # fp32 rows of 4 KiB do not fit the kernel's shared-memory tiles
+    with pytest.raises(fastssl.BackendUnavailableError, match=r"triton: .*D <= 512"):
+        nt_xent(z, z.clone(), backend=backend)
+    assert _dispatch.select("nt_xent", "auto", torch.device("cpu"), torch.float32, 1024) in ("cpp", "reference")

@@ -1,0 +1,37 @@
+"""The `fastssl` command: `info` names every backend of every op and why it cannot run; `bench` runs."""
+
+import io
+import json
+
+import pytest
+
+from fastssl import cli
+
+
+def test_info_lists_every_op_and_backend_with_reasons():
+    out = io.StringIO()
+    assert cli.info(out) == 0
+    text = out.getvalue()
+    assert "torch" in text and "triton" in text
+    for op in ("nt_xent", "info_nce", "clip_loss"):
+        assert f"  {op}  (auto -> " in text
+    for backend in ("reference", "cpp", "triton", "cuda"):
+        assert f"    {backend:<10} " in text
+    assert "no: " in text  # at least the cuda backend says why not, on a machine without a GPU build
+
+
+def test_bench_contrastive_runs_a_small_cpu_case(tmp_path, capsys):
+    rows = tmp_path / "rows.json"
+    assert cli.main(["bench", "contrastive", "--device", "cpu", "--sizes", "256", "--reps", "1",
+                     "--impls", "eager", "cpp", "--json", str(rows)]) == 0
+    results = json.loads(rows.read_text())
+    assert {r["impl"] for r in results} == {"eager", "cpp"}
+    for r in results:
+        assert "error" not in r, r
+        assert r["median_ms"] > 0 and r["peak_extra_mib"] >= 0
+    assert "nt_xent 2N=   256" in capsys.readouterr().out
+
+
+def test_unknown_command_exits_with_usage():
+    with pytest.raises(SystemExit):
+        cli.main(["pretrain-everything"])
