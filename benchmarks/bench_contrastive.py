@@ -12,7 +12,8 @@ size here, so the floor is model FLOPs / the matmul peak measured in the same ru
          {1024, 4096, 8192}, D = 128, fp32: reference eager, torch.compile(reference), cpp.
     GPU  (`python benchmarks/bench_contrastive.py --device cuda`): NT-Xent at 2N in {8192, 32768, 65536}, D = 128
          and CLIP at N in {8192, 32768, 65536}, D = 256, bf16 and fp32: eager, torch.compile, triton; CUDA events
-         through triton.testing.do_bench (median). Peak extra memory = max_memory_allocated above the inputs.
+         through triton.testing.do_bench (median). Peak extra memory = max_memory_allocated above the inputs
+         and their gradients (which any implementation must hold).
 
 CPU peak extra memory is measured in a fresh subprocess per case: glibc is told to mmap every allocation over
 64 KiB (so freed memory leaves the RSS at once), the peak RSS is reset after a warm-up, and the growth of the
@@ -181,7 +182,7 @@ def gpu_case(op: str, impl: str, size: int, dim: int, dtype: torch.dtype, triton
         torch.cuda.reset_peak_memory_stats()
         step()
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base - inputs
+        peak = torch.cuda.max_memory_allocated() - base - 2 * inputs  # beyond the inputs and their gradients
         ms = do_bench(step, warmup=25, rep=200, return_mode="median")
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()

@@ -25,8 +25,12 @@ def run(cmd: list[str], log, timeout: float) -> int:
     print("$", " ".join(cmd), flush=True)
     log.write(f"$ {' '.join(cmd)}\n")
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    except FileNotFoundError as exc:
+        print(f"cannot run {cmd[0]}: {exc}", flush=True)
+        return 127
     try:
         for line in proc.stdout:
             sys.stdout.write(line)
@@ -65,6 +69,11 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_check: torch sees no CUDA device; run this on a GPU machine", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_check_out")))
     parser.add_argument("--bench-budget-s", type=float, default=200.0)
