@@ -333,21 +333,23 @@ def info_nce_forward(q, k, scale, pos, exclude, normalize=False):
     return loss, lse
 
 
-def info_nce_backward(q, k, scale, pos, exclude, lse, coef, normalize=False):
+def info_nce_backward(q, k, scale, pos, exclude, lse, coef, normalize=False, compute_dk=True):
     """dq (N, D), dk (M, D) in the input dtype and dscale (0-d float32), given coef = dL/dloss_i; with
-    normalize=True the gradients are those of the raw rows (through the normalisation)."""
+    normalize=True the gradients are those of the raw rows (through the normalisation). compute_dk=False skips
+    the dk kernel (keys that need no gradient) and returns dk = None."""
     _check_info_nce_args(q, k, scale, pos, exclude)
     _check_rows("lse", lse, q.shape[0], torch.float32, q.device)
     _check_scalar("coef", coef, q.device)
     (n, d), m = q.shape, k.shape[0]
-    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dq, dk = torch.empty_like(q), (torch.empty_like(k) if compute_dk else None)
     inv_norm = torch.empty(n, dtype=torch.float32, device=q.device)
     dscale_rows = torch.empty(n, dtype=torch.float32, device=q.device)
     rq, rk = _row_scales(q, k, normalize)
     _launch(_info_nce_bwd_dq_kernel, n, q, q, k, rq, rk, scale, coef, pos, exclude, lse, inv_norm, dq,
             dscale_rows, n, m, d, NORMALIZE=normalize)
-    _launch(_info_nce_bwd_dk_kernel, m, q, q, k, rq, rk, scale, coef, pos, exclude, lse, inv_norm, dk, n, m, d,
-            NORMALIZE=normalize)
+    if compute_dk:
+        _launch(_info_nce_bwd_dk_kernel, m, q, q, k, rq, rk, scale, coef, pos, exclude, lse, inv_norm, dk, n, m,
+                d, NORMALIZE=normalize)
     return dq, dk, dscale_rows.sum() * coef
 
 

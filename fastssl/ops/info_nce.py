@@ -128,11 +128,11 @@ def _fused_forward(backend, q, k, scale, pos, exclude, normalize):
     return kernels.info_nce_forward(q, k, _scalar_arg(backend, scale), pos, exclude)
 
 
-def _fused_backward(backend, q, k, scale, pos, exclude, lse, coef, normalize):
+def _fused_backward(backend, q, k, scale, pos, exclude, lse, coef, normalize, compute_dk):
     kernels = _kernels(backend)
     scale_arg, coef_arg = _scalar_arg(backend, scale), _scalar_arg(backend, coef)
     if backend == "triton":
-        return kernels.info_nce_backward(q, k, scale_arg, pos, exclude, lse, coef_arg, normalize)
+        return kernels.info_nce_backward(q, k, scale_arg, pos, exclude, lse, coef_arg, normalize, compute_dk)
     if not normalize:
         return kernels.info_nce_backward(q, k, scale_arg, pos, exclude, lse, coef_arg)
     q_unit, k_unit = _unit_rows(q), _unit_rows(k)
@@ -157,16 +157,20 @@ def _(q, k, scale, pos, exclude, normalize, backend):
 @torch.library.custom_op("fastssl::info_nce_fused_backward", mutates_args=())
 def _info_nce_fused_backward(
     grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor,
-    exclude: torch.Tensor, lse: torch.Tensor, normalize: bool, backend: str,
+    exclude: torch.Tensor, lse: torch.Tensor, normalize: bool, compute_dk: bool, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dk is skipped (returned empty) when the keys need no gradient: MoCo's keys are a momentum encoder's
+    output and a queue, and on the GPU the dk kernel is half of the backward."""
     coef = grad / q.shape[0]  # d(mean)/d(loss_i)
-    dq, dk, dscale = _fused_backward(backend, q, k, scale, pos, exclude, lse, coef, normalize)
+    dq, dk, dscale = _fused_backward(backend, q, k, scale, pos, exclude, lse, coef, normalize, compute_dk)
+    dk = dk if compute_dk else k.new_empty((0,))
     return dq, dk, dscale.reshape(()).to(scale.dtype)
 
 
 @_info_nce_fused_backward.register_fake
-def _(grad, q, k, scale, pos, exclude, lse, normalize, backend):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(scale)
+def _(grad, q, k, scale, pos, exclude, lse, normalize, compute_dk, backend):
+    dk = torch.empty_like(k) if compute_dk else k.new_empty((0,))
+    return torch.empty_like(q), dk, torch.empty_like(scale)
 
 
 def _info_nce_setup(ctx, inputs, output):
@@ -177,9 +181,10 @@ def _info_nce_setup(ctx, inputs, output):
 
 def _info_nce_backward(ctx, grad_loss, grad_lse):
     q, k, scale, pos, exclude, lse = ctx.saved_tensors
+    compute_dk = ctx.needs_input_grad[1]
     dq, dk, dscale = _info_nce_fused_backward(grad_loss, q, k, scale, pos, exclude, lse, ctx.normalize,
-                                              ctx.backend)
-    return dq, dk, dscale, None, None, None, None
+                                              compute_dk, ctx.backend)
+    return dq, dk if compute_dk else None, dscale, None, None, None, None
 
 
 _info_nce_fused.register_autograd(_info_nce_backward, setup_context=_info_nce_setup)

@@ -173,7 +173,9 @@ def test_opcheck(backend):
 
 
 @pytest.mark.parametrize("backend", [p for p in FUSED if p.values[0] == "cpp"])
-def test_torch_compile_fullgraph(backend):
+def test_torch_compile_fullgraph(backend, monkeypatch, tmp_path):
+    # A fresh inductor cache: a cached backward graph survives a change of the custom op's schema.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     torch._dynamo.reset()
 
     def step(z1, z2, img, txt, scale):
@@ -335,3 +337,22 @@ def test_triton_refuses_rows_wider_than_its_tiles_with_a_reason(backend):
     with pytest.raises(fastssl.BackendUnavailableError, match=r"triton: .*D <= 512"):
         nt_xent(z, z.clone(), backend=backend)
     assert _dispatch.select("nt_xent", "auto", torch.device("cpu"), torch.float32, 1024) in ("cpp", "reference")
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_keys_without_grad_skip_dk_and_keep_dq(backend):
+    """MoCo: the keys (momentum encoder + queue) need no gradient, so the fused backward skips dK."""
+    q = torch.randn(23, 16, requires_grad=True)
+    keys = torch.randn(90, 16)
+    pos = torch.randint(0, 90, (23,))
+    info_nce(q, keys, 0.2, positive_index=pos, backend=backend).backward()
+    dq_without = q.grad.clone()
+    q.grad = None
+    keys.requires_grad_(True)
+    info_nce(q, keys, 0.2, positive_index=pos, backend=backend).backward()
+    torch.testing.assert_close(dq_without, q.grad)
+    assert keys.grad is not None
+    from fastssl.ops.info_nce import _info_nce_fused
+
+    exclude = torch.full((23,), -1)
+    torch.library.opcheck(_info_nce_fused, (q, keys.detach(), torch.tensor(5.0), pos, exclude, True, backend))
