@@ -356,3 +356,46 @@ def test_keys_without_grad_skip_dk_and_keep_dq(backend):
 
     exclude = torch.full((23,), -1)
     torch.library.opcheck(_info_nce_fused, (q, keys.detach(), torch.tensor(5.0), pos, exclude, True, backend))
+
+
+_PEAK_SCRIPT = r"""
+import ctypes, sys, torch
+from pathlib import Path
+import fastssl
+
+def rss(field):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+torch.set_num_threads(2)
+op, n = sys.argv[1], int(sys.argv[2])
+a = torch.randn(n, 128, requires_grad=True)
+b = torch.randn(n, 128, requires_grad=True)
+def step():
+    a.grad = b.grad = None
+    loss = fastssl.ops.nt_xent(a, b, backend="cpp") if op == "nt_xent" else \
+        fastssl.ops.clip_loss(a, b, torch.tensor(50.0), backend="cpp")
+    loss.backward()
+step()
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+base = rss("VmRSS")
+Path("/proc/self/clear_refs").write_text("5")
+step()
+print(rss("VmHWM") - base)
+"""
+
+
+@pytest.mark.parametrize("op", ["nt_xent", "clip_loss"])
+def test_cpp_peak_memory_is_linear_not_quadratic(op):
+    """2N = 8192 views: the logit matrix alone would be 256 MiB in fp32; the C++ path must stay O(N * D)."""
+    import os
+    import subprocess
+    import sys
+
+    if _dispatch.extension()[0] is None:
+        pytest.skip("fastssl._C is not built")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # freed blocks leave the RSS at once
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, op, "4096"], env=env, capture_output=True,
+                         text=True, check=True)
+    peak_mib = float(out.stdout.strip().splitlines()[-1])
+    assert peak_mib < 32, f"peak extra memory {peak_mib:.1f} MiB (the N x N logits would be 256 MiB)"
