@@ -564,7 +564,7 @@ std::tuple<Tensor, Tensor> info_nce_forward_f64(const Tensor& q, const Tensor& k
 
 std::tuple<Tensor, Tensor, Tensor> info_nce_backward_f64(const Tensor& q, const Tensor& k, double s,
                                                          const Tensor& pos, const Tensor& exclude,
-                                                         const Tensor& lse, double coef) {
+                                                         const Tensor& lse, double coef, bool compute_dk) {
   const int64_t n = q.size(0), m = k.size(0), d = q.size(1);
   const double *qp = q.data_ptr<double>(), *kp = k.data_ptr<double>(), *lse_p = lse.data_ptr<double>();
   const int64_t *pos_p = pos.data_ptr<int64_t>(), *exc_p = exclude.data_ptr<int64_t>();
@@ -584,6 +584,7 @@ std::tuple<Tensor, Tensor, Tensor> info_nce_backward_f64(const Tensor& q, const 
       }
     }
   });
+  if (!compute_dk) return {dq, at::empty({0}, k.options()), dscale_rows.sum() * coef};
   at::parallel_for(0, m, 1, [&](int64_t begin, int64_t end) {  // dk: columns own their outputs
     for (int64_t j = begin; j < end; ++j) {
       for (int64_t i = 0; i < n; ++i) {
@@ -663,11 +664,11 @@ std::tuple<Tensor, Tensor> info_nce_forward(const Tensor& q, const Tensor& k, do
 
 std::tuple<Tensor, Tensor, Tensor> info_nce_backward(const Tensor& q, const Tensor& k, double scale,
                                                      const Tensor& pos, const Tensor& exclude, const Tensor& lse,
-                                                     double coef) {
+                                                     double coef, bool compute_dk) {
   check_pair(q, k, pos, exclude);
   if (q.scalar_type() == at::kDouble) {
     check_rows(lse, "lse", q.size(0), at::kDouble);
-    return info_nce_backward_f64(q, k, scale, pos, exclude, lse, coef);
+    return info_nce_backward_f64(q, k, scale, pos, exclude, lse, coef, compute_dk);
   }
   check_rows(lse, "lse", q.size(0), at::kFloat);
   const int64_t n = q.size(0), m = k.size(0);
@@ -677,8 +678,9 @@ std::tuple<Tensor, Tensor, Tensor> info_nce_backward(const Tensor& q, const Tens
   Packed qp = allocate_packed(q, false);
   Packed kp = allocate_packed(k, true);
   const Columns &qc = qp.cols, &kc = kp.cols;
-  const Columns gq(n, q.size(1), f32), gk(m, k.size(1), f32);
-  Tensor dq = at::empty_like(q), dk = at::empty_like(k);
+  // Keys that need no gradient (MoCo's momentum keys and queue) skip the dK GEMM, its scatter and its M x D buffer.
+  const Columns gq(n, q.size(1), f32), gk = compute_dk ? Columns(m, k.size(1), f32) : Columns();
+  Tensor dq = at::empty_like(q), dk = compute_dk ? at::empty_like(k) : at::empty({0}, k.options());
   Tensor scratch = scratch_for(threads, q);
   const int64_t* pos_p = pos.data_ptr<int64_t>();
   const int64_t* exc_p = exclude.data_ptr<int64_t>();
@@ -696,7 +698,7 @@ std::tuple<Tensor, Tensor, Tensor> info_nce_backward(const Tensor& q, const Tens
     fill_packed(q, qp);
     fill_packed(k, kp);
     zero_columns(gq);
-    zero_columns(gk);
+    if (compute_dk) zero_columns(gk);
     double local_wt = 0.0, local_pos = 0.0;
     for (int64_t t = 0; t < rounds; ++t) {
 #pragma omp for schedule(dynamic, 1)
@@ -713,8 +715,10 @@ std::tuple<Tensor, Tensor, Tensor> info_nce_backward(const Tensor& q, const Tens
                                                     });
         gemm<ALayout::kRows, true>(rows, dp / kNR, cols, w.tile, kBlock, kc.rows_from(j0), gq.rows_from(i0),
                                    1.0f);
-        gemm<ALayout::kTransposed, true>(cols, dp / kNR, rows, w.tile, kBlock, qc.rows_from(i0),
-                                         gk.rows_from(j0), 1.0f);
+        if (compute_dk) {
+          gemm<ALayout::kTransposed, true>(cols, dp / kNR, rows, w.tile, kBlock, qc.rows_from(i0),
+                                           gk.rows_from(j0), 1.0f);
+        }
       }
     }
     // The -onehot(pos) part of G: dq_i -= k_pos_i, dk_pos_i -= q_i (a scatter: pos may repeat, so one thread).
@@ -723,10 +727,12 @@ std::tuple<Tensor, Tensor, Tensor> info_nce_backward(const Tensor& q, const Tens
       row_sub(gq, i, kc, pos_p[i], 1.0f);
       local_pos += row_dot(qc, i, kc, pos_p[i]);
     }
+    if (compute_dk) {
 #pragma omp single
-    for (int64_t i = 0; i < n; ++i) row_sub(gk, pos_p[i], qc, i, 1.0f);
+      for (int64_t i = 0; i < n; ++i) row_sub(gk, pos_p[i], qc, i, 1.0f);
+    }
     write_out(gq, static_cast<float>(coef * scale), dq);
-    write_out(gk, static_cast<float>(coef * scale), dk);
+    if (compute_dk) write_out(gk, static_cast<float>(coef * scale), dk);
 #pragma omp atomic
     sum_wt += local_wt;
 #pragma omp atomic
@@ -806,7 +812,7 @@ std::tuple<Tensor, Tensor> nt_xent_backward(const Tensor& z, double scale, const
   if (z.scalar_type() == at::kDouble) {
     check_rows(lse, "lse", z.size(0), at::kDouble);
     const auto [pos, exclude] = nt_xent_pairs(z);
-    auto [dq, dk, dscale] = info_nce_backward_f64(z, z, scale, pos, exclude, lse, coef);
+    auto [dq, dk, dscale] = info_nce_backward_f64(z, z, scale, pos, exclude, lse, coef, true);
     return {dq.add_(dk), dscale};
   }
   check_rows(lse, "lse", z.size(0), at::kFloat);

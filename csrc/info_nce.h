@@ -12,10 +12,10 @@ namespace fastssl {
 std::tuple<at::Tensor, at::Tensor> info_nce_forward(
     const at::Tensor& q, const at::Tensor& k, double scale, const at::Tensor& pos, const at::Tensor& exclude);
 
-// -> dq (N, D), dk (M, D) in the input dtype, dscale 0-d float32.
+// -> dq (N, D), dk (M, D) in the input dtype, dscale 0-d float32; compute_dk = false skips dk (returned empty).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
     const at::Tensor& q, const at::Tensor& k, double scale, const at::Tensor& pos, const at::Tensor& exclude,
-    const at::Tensor& lse, double coef);
+    const at::Tensor& lse, double coef, bool compute_dk);
 
 // z (2N, D): pos_i = (i + N) mod 2N, exclude_i = i -> loss_rows (2N,), lse (2N,) float32.
 std::tuple<at::Tensor, at::Tensor> nt_xent_forward(const at::Tensor& z, double scale);

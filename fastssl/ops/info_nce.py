@@ -134,10 +134,11 @@ def _fused_backward(backend, q, k, scale, pos, exclude, lse, coef, normalize, co
     if backend == "triton":
         return kernels.info_nce_backward(q, k, scale_arg, pos, exclude, lse, coef_arg, normalize, compute_dk)
     if not normalize:
-        return kernels.info_nce_backward(q, k, scale_arg, pos, exclude, lse, coef_arg)
+        return kernels.info_nce_backward(q, k, scale_arg, pos, exclude, lse, coef_arg, compute_dk)
     q_unit, k_unit = _unit_rows(q), _unit_rows(k)
-    dq, dk, dscale = kernels.info_nce_backward(q_unit, k_unit, scale_arg, pos, exclude, lse, coef_arg)
-    return _through_normalize(dq, q, q_unit), _through_normalize(dk, k, k_unit), dscale
+    dq, dk, dscale = kernels.info_nce_backward(q_unit, k_unit, scale_arg, pos, exclude, lse, coef_arg, compute_dk)
+    dk = _through_normalize(dk, k, k_unit) if compute_dk else dk
+    return _through_normalize(dq, q, q_unit), dk, dscale
 
 
 @torch.library.custom_op("fastssl::info_nce_fused", mutates_args=())
