@@ -316,7 +316,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, normal
     temperature = _check_temperature(temperature)
     chosen = _dispatch.select("nt_xent", backend, z1.device, z1.dtype, z1.shape[1])
     if chosen == "reference":
-        return nt_xent_reference(z1, z2, temperature, normalize)
+        return nt_xent_reference(z1, z2, temperature, normalize).to(_stats_dtype(z1))
     z = torch.cat([z1, z2])  # (2N, D)
     return _nt_xent_fused(z, _scale_tensor(1.0 / temperature, z), normalize, chosen)[0]
 
@@ -348,7 +348,7 @@ def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float = 0.07,
     pos = _check_positive_index(positive_index, n, m, query.device)
     chosen = _dispatch.select("info_nce", backend, query.device, query.dtype, query.shape[1])
     if chosen == "reference":
-        return info_nce_reference(query, keys, temperature, pos, normalize)
+        return info_nce_reference(query, keys, temperature, pos, normalize).to(_stats_dtype(query))
     exclude = torch.full((n,), -1, dtype=torch.int64, device=query.device)
     return _info_nce_fused(query.contiguous(), keys.contiguous(), _scale_tensor(1.0 / temperature, query),
                            pos, exclude, normalize, chosen)[0]
@@ -381,7 +381,8 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     chosen = _dispatch.select("clip_loss", backend, image_features.device, image_features.dtype,
                                 image_features.shape[1])
     if chosen == "reference":
-        return clip_loss_reference(image_features, text_features, logit_scale, normalize)
+        return clip_loss_reference(image_features, text_features, logit_scale, normalize).to(
+            _stats_dtype(image_features))
     return clip_loss_core(image_features.contiguous(), text_features.contiguous(), logit_scale,
                           torch.arange(image_features.shape[0], device=image_features.device), normalize, chosen)
 
