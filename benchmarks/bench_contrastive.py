@@ -187,8 +187,7 @@ def gpu_case(op: str, impl: str, size: int, dim: int, dtype: torch.dtype, triton
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return {"error": "OOM"}
-    rows = size
-    return {"median_ms": ms, "tflops": model_flops(rows, rows, dim) / (ms * 1e9), "peak_extra_mib": peak / 2**20}
+    return {"median_ms": ms, "tflops": model_flops(size, size, dim) / (ms * 1e9), "peak_extra_mib": peak / 2**20}
 
 
 def gpu_table(cases, impls, dtypes, budget_s: float, triton_config=None) -> list[dict]:

@@ -91,12 +91,11 @@ def _load_tile(ptr, rows, row_ok, dims, D):
 
 
 @triton.jit
-def _cosines(q, k, rq, rk_ptr, cols, col_ok, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+def _cosines(q, k, rq, rk, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
     """rq_i * rk_j * (q . k^T) for a tile: the row scales are the inverse norms when the rows are normalised on
     the fly (contract v2) and exactly 1 otherwise. The dq and dk kernels call this with the same operands in the
     same order, so their S tiles stay bit-identical."""
     qk = _mma(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT)
-    rk = tl.load(rk_ptr + cols, mask=col_ok, other=0.0)
     return qk * rq[:, None] * rk[None, :]
 
 
@@ -135,7 +134,8 @@ def _info_nce_fwd_kernel(
         cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
         col_ok = cols < M
         k = _load_tile(k_ptr, cols, col_ok, dims, D)
-        qk = _cosines(q, k, rq, rk_ptr, cols, col_ok, DOT_PRECISION, UPCAST_DOT)
+        rk = tl.load(rk_ptr + cols, mask=col_ok, other=0.0)
+        qk = _cosines(q, k, rq, rk, DOT_PRECISION, UPCAST_DOT)
         # where(), not a multiply by the one-hot: a NaN or inf elsewhere in the row must not leak into it.
         qk_pos += tl.sum(tl.where(cols[None, :] == pos[:, None], qk, 0.0), 1)
         keep = col_ok[None, :] & (cols[None, :] != exclude[:, None])
@@ -194,14 +194,14 @@ def _info_nce_bwd_dq_kernel(
         cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
         col_ok = cols < M
         k = _load_tile(k_ptr, cols, col_ok, dims, D)
-        qk = _cosines(q, k, rq, rk_ptr, cols, col_ok, DOT_PRECISION, UPCAST_DOT)
+        rk = tl.load(rk_ptr + cols, mask=col_ok, other=0.0)
+        qk = _cosines(q, k, rq, rk, DOT_PRECISION, UPCAST_DOT)
         keep = col_ok[None, :] & (cols[None, :] != exclude[:, None])
         p = tl.where(keep, tl.exp2((qk * scale - lse[:, None]) * _LOG2E), 0.0)
         g = p - tl.where(cols[None, :] == pos[:, None], 1.0, 0.0)
         norm += tl.sum(p, 1)
         dscale_rows += tl.sum(g * qk, 1)
-        # sum_j G_ij k^_j with k^_j = rk_j k_j: fold rk into G's columns
-        g = g * tl.load(rk_ptr + cols, mask=col_ok, other=0.0)[None, :]
+        g = g * rk[None, :]  # sum_j G_ij k^_j with k^_j = rk_j k_j: fold rk into G's columns
         acc += _mma(g.to(k.dtype), k, DOT_PRECISION, UPCAST_DOT)
 
     inv_norm = 1.0 / norm
@@ -233,6 +233,7 @@ def _info_nce_bwd_dk_kernel(
     col_ok = cols < M
     dims = tl.arange(0, BLOCK_D).to(tl.int64)
     k = _load_tile(k_ptr, cols, col_ok, dims, D)
+    rk = tl.load(rk_ptr + cols, mask=col_ok, other=0.0)  # this program's columns: loaded once, not per row block
     scale = tl.load(scale_ptr)
 
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
@@ -248,7 +249,7 @@ def _info_nce_bwd_dk_kernel(
         # Same operand order and tile shape as the dq kernel, so S is bit-identical there and the row norms
         # that kernel measured cancel this kernel's P errors (k @ q.T rounds differently: dk was 3-6x less
         # accurate).
-        qk = _cosines(q, k, rq, rk_ptr, cols, col_ok, DOT_PRECISION, UPCAST_DOT)
+        qk = _cosines(q, k, rq, rk, DOT_PRECISION, UPCAST_DOT)
         keep = row_ok[:, None] & col_ok[None, :] & (cols[None, :] != exclude[:, None])
         p = tl.where(keep, tl.exp2((qk * scale - lse[:, None]) * _LOG2E), 0.0)
         g = p * inv_norm[:, None] - tl.where(cols[None, :] == pos[:, None], 1.0, 0.0)
@@ -256,7 +257,6 @@ def _info_nce_bwd_dk_kernel(
         acc += _mma(tl.trans(g.to(q.dtype)), q, DOT_PRECISION, UPCAST_DOT)
 
     coef = tl.load(coef_ptr)
-    rk = tl.load(rk_ptr + cols, mask=col_ok, other=0.0)
     out = _project(acc * (coef * scale), k, rk, NORMALIZE).to(dk_ptr.dtype.element_ty)
     tl.store(dk_ptr + cols[:, None] * D + dims[None, :], out, mask=col_ok[:, None] & (dims < D)[None, :])
 

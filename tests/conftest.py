@@ -17,17 +17,18 @@ def fused_backends(device: str = "cpu") -> list:
     """The fused backends that can run on `device` here; each test param is skipped (with the reason) otherwise."""
     params = []
     for name in ("cpp", "triton"):
-        backend = next(b for b in _ops_backends() if b.name == name)
+        backend = next(b for b in _dispatch.OPS["info_nce"] if b.name == name)
         why = backend.accepts(torch.device(device), torch.float32)
         skip = bool(why) and name not in REQUIRED
         params.append(pytest.param(name, marks=pytest.mark.skipif(skip, reason=why)))
     return params
 
 
-def _ops_backends():
-    from fastssl.ops.info_nce import BACKENDS
-
-    return BACKENDS
+def require_cpp() -> None:
+    """Skip a test that needs fastssl._C where it is not built; fail instead where CI requires the backend."""
+    module, why = _dispatch.extension()
+    if module is None:
+        (pytest.fail if "cpp" in REQUIRED else pytest.skip)(why)
 
 
 def assert_error_within(name, out, ref64, ref_same, atol, factor=2.0):

@@ -422,7 +422,7 @@ def _check_positive_index(positive_index, n: int, m: int, device: torch.device) 
         raise ValueError(f"positive_index is on {positive_index.device} but query is on {device}")
     positive_index = positive_index.to(torch.int64)
     if not torch.compiler.is_compiling():
-        lo, hi = int(positive_index.min()), int(positive_index.max())
+        lo, hi = torch.stack(torch.aminmax(positive_index)).tolist()  # one host sync, not two
         if lo < 0 or hi >= m:
             raise ValueError(f"positive_index values must lie in [0, {m}) (M = number of keys), got [{lo}, {hi}]")
     return positive_index

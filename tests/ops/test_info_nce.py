@@ -12,7 +12,7 @@ import torch
 import fastssl
 from fastssl import _dispatch
 from fastssl.ops import clip_loss, clip_loss_reference, info_nce, info_nce_reference, nt_xent, nt_xent_reference
-from tests.conftest import assert_error_within, fused_backends
+from tests.conftest import assert_error_within, fused_backends, require_cpp
 
 FUSED = fused_backends("cpu")
 ATOL = {torch.float32: 2e-5, torch.bfloat16: 2e-3, torch.float16: 5e-4}
@@ -141,8 +141,8 @@ def test_non_finite_embeddings_give_non_finite_loss(backend):
 
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
 def test_gradcheck_float64(backend):
-    if backend == "cpp" and _dispatch.extension()[0] is None:
-        pytest.skip("fastssl._C is not built")
+    if backend == "cpp":
+        require_cpp()
     z1 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     z2 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: nt_xent(a, b, 0.4, backend=backend), (z1, z2))
@@ -392,8 +392,7 @@ def test_cpp_peak_memory_is_linear_not_quadratic(op):
     import subprocess
     import sys
 
-    if _dispatch.extension()[0] is None:
-        pytest.skip("fastssl._C is not built")
+    require_cpp()
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # freed blocks leave the RSS at once
     out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, op, "4096"], env=env, capture_output=True,
                          text=True, check=True)
