@@ -13,11 +13,12 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 REQUIRED = {b for b in os.environ.get("FASTSSL_REQUIRE_BACKENDS", "").split(",") if b}
 
 
-def fused_backends(device: str = "cpu") -> list:
-    """The fused backends that can run on `device` here; each test param is skipped (with the reason) otherwise."""
+def fused_backends(device: str = "cpu", op: str = "info_nce") -> list:
+    """The fused backends of `op` that can run on `device` here; each test param is skipped (with the reason)
+    otherwise."""
     params = []
     for name in ("cpp", "triton"):
-        backend = next(b for b in _dispatch.OPS["info_nce"] if b.name == name)
+        backend = next(b for b in _dispatch.OPS[op] if b.name == name)
         why = backend.accepts(torch.device(device), torch.float32)
         skip = bool(why) and name not in REQUIRED
         params.append(pytest.param(name, marks=pytest.mark.skipif(skip, reason=why)))
