@@ -1,0 +1,19 @@
+"""Data sets, loaders and view pipelines."""
+
+from fastssl.data.datasets import (
+    NAMED_DATA,
+    CharTokenizer,
+    ImageDataset,
+    ImageFolderDataset,
+    TextDataset,
+    cache_dir,
+    data_root,
+    decode_jpegs,
+    load_cifar10,
+    load_image_dataset,
+    load_image_folder,
+    load_mnist,
+    load_text,
+    load_text_dataset,
+    resolve_data,
+)
