@@ -1,5 +1,20 @@
-"""Datasets, loaders and view pipelines."""
+"""Data sets, loaders and view pipelines."""
 
+from fastssl.data.datasets import (
+    NAMED_DATA,
+    CharTokenizer,
+    ImageDataset,
+    ImageFolderDataset,
+    TextDataset,
+    cache_dir,
+    data_root,
+    decode_jpegs,
+    load_cifar10,
+    load_image_dataset,
+    load_image_folder,
+    load_mnist,
+    load_text,
+    load_text_dataset,
+    resolve_data,
+)
 from fastssl.data.views import PRESETS, ViewPipeline, ViewSpec, random_resized_crop, to_device, view_pipeline
-
-__all__ = ["PRESETS", "ViewPipeline", "ViewSpec", "random_resized_crop", "to_device", "view_pipeline"]
