@@ -1,8 +1,15 @@
-"""The `fastssl` command: `fastssl info` (what runs here and why not) and `fastssl bench` (benchmarks)."""
+"""The `fastssl` command (also `python -m fastssl`).
+
+    fastssl pretrain --method simclr --data cifar10 --out runs/simclr --budget-minutes 15
+    fastssl eval --checkpoint runs/simclr/last.pt --data cifar10
+    fastssl info
+    fastssl bench contrastive|augment|masking [args]
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import runpy
 import sys
@@ -65,14 +72,137 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _key_values(pairs, flag: str) -> dict:
+    values = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"{flag}: expected KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        values[key.strip()] = _parse_value(value)
+    return values
+
+
+def _pretrain_parser(sub) -> None:
+    p = sub.add_parser(
+        "pretrain", help="train a backbone with an SSL method",
+        description="Pretrain a backbone with a self-supervised method. Writes OUT/last.pt (atomically, every "
+                    "--checkpoint-every steps and at the end), OUT/metrics.csv, OUT/loss.png and OUT/config.yaml. "
+                    "Options given on the command line override --config, which overrides the defaults.")
+    p.add_argument("--method", help="simclr | moco_v2 | byol (default simclr)")
+    p.add_argument("--data", help="cifar10 | mnist | a .npz with x (and y) | an image folder (default cifar10)")
+    p.add_argument("--out", help="output folder (default runs/<method>)")
+    p.add_argument("--backbone", help="resnet18 | resnet50 | vit_tiny | vit_small (default: the method's)")
+    p.add_argument("--epochs", type=int, help="epochs over the training split (default 100)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps; 0 writes the untrained model")
+    p.add_argument("--budget-minutes", type=float, help="stop after this wall time; the lr schedule is fitted to it")
+    p.add_argument("--batch-size", type=int, help="global batch, summed over processes (default 256)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto (cuda when available)")
+    p.add_argument("--seed", type=int, help="seeds the weights, the data order and every augmentation (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue bit-exactly from OUT/last.pt")
+    p.add_argument("--config", help="a YAML file of TrainConfig options (see fastssl/train/config.py)")
+    p.add_argument("--lr", type=float, help="base lr at batch 256 (scaled linearly); default: the method's")
+    p.add_argument("--optimizer", choices=["sgd", "lars", "adamw"], help="default: the method's")
+    p.add_argument("--weight-decay", type=float, help="default: the method's")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], help="mixed precision (auto: bf16 on CUDA)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
+    p.add_argument("--log-every", type=int, help="steps between metrics.csv rows (default 10)")
+    p.add_argument("--profile", action="store_true", default=None,
+                   help="write OUT/trace.json (torch.profiler) and print a step-time breakdown")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    p.add_argument("--no-eval", dest="eval_at_end", action="store_false", default=None,
+                   help="skip the kNN evaluation at the end")
+    p.add_argument("--method-arg", action="append", metavar="KEY=VALUE",
+                   help="a method hyper-parameter, e.g. temperature=0.2 (repeatable)")
+    p.add_argument("--backbone-arg", action="append", metavar="KEY=VALUE",
+                   help="a backbone option, e.g. width=0.5 (repeatable)")
+    p.add_argument("--view-arg", action="append", metavar="KEY=VALUE",
+                   help="a view-pipeline override, e.g. size=96 (repeatable)")
+
+
+def pretrain(args: argparse.Namespace) -> int:
+    from fastssl.train import TrainConfig, Trainer
+
+    cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    direct = {"method": "method", "data": "data", "out": "out", "backbone": "backbone", "epochs": "epochs",
+              "max_steps": "max_steps", "budget_minutes": "budget_minutes", "batch_size": "batch_size",
+              "device": "device", "seed": "seed", "lr": "lr", "optimizer": "optimizer",
+              "weight_decay": "weight_decay", "amp": "amp", "compile": "compile", "grad_accum": "grad_accum",
+              "checkpoint_every": "checkpoint_every", "log_every": "log_every", "profile": "profile",
+              "progress": "progress", "eval_at_end": "eval_at_end"}
+    changes = {field: getattr(args, arg) for arg, field in direct.items() if getattr(args, arg) is not None}
+    if args.resume:
+        changes["resume"] = True
+    for flag, field in (("method_arg", "method_args"), ("backbone_arg", "backbone_args"),
+                        ("view_arg", "view_args")):
+        extra = _key_values(getattr(args, flag), "--" + flag.replace("_", "-"))
+        if extra:
+            changes[field] = {**getattr(cfg, field), **extra}
+    cfg = cfg.replace(**changes)
+    if args.out is None and not args.config:
+        cfg = cfg.replace(out=f"runs/{cfg.method}")
+    try:
+        summary = Trainer(cfg).run()
+    except ValueError as exc:
+        print(f"fastssl pretrain: {exc}", file=sys.stderr)
+        return 2
+    if cfg.eval_at_end and summary.get("step", 0) > 0 and os.environ.get("RANK", "0") == "0":
+        from fastssl.eval.evaluate import evaluate_checkpoint
+
+        evaluate_checkpoint(summary["checkpoint"], cfg.data, linear=False)
+    return 0
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="kNN and linear-probe accuracy of a checkpoint's backbone",
+        description="Evaluate the frozen backbone of a pretraining checkpoint: weighted kNN (k = 20, T = 0.07) and "
+                    "a linear probe (weight decay chosen on a held-out split of the training set), both on the "
+                    "test split. Prints `knn_top1: <float>` and `linear_top1: <float>` and writes a PNG of a 2-D "
+                    "PCA projection of the test embeddings next to the checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="a fastssl checkpoint, e.g. runs/simclr/last.pt")
+    p.add_argument("--data", help="the labelled dataset (default: the one the checkpoint was trained on)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--train-limit", type=int, help="use only the first N training images as the kNN bank / "
+                                                   "probe training set (a seeded random subset)")
+    p.add_argument("--test-limit", type=int, help="use only N test images (a seeded random subset)")
+    p.add_argument("--no-linear", dest="linear", action="store_false", help="kNN only")
+    p.add_argument("--batch-size", type=int, default=512, help="feature-extraction batch (default 512)")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from fastssl.eval.evaluate import evaluate_checkpoint
+
+    try:
+        evaluate_checkpoint(args.checkpoint, args.data, device=args.device, train_limit=args.train_limit,
+                            test_limit=args.test_limit, linear=args.linear, batch_size=args.batch_size)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"fastssl eval: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastssl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _pretrain_parser(sub)
+    _eval_parser(sub)
     sub.add_parser("info", help="versions, and which backend of each op runs here (and why not)")
     p_bench = sub.add_parser("bench", help="run benchmarks/bench_<op>.py (e.g. `fastssl bench contrastive`)")
-    p_bench.add_argument("op", choices=["contrastive"], help="which benchmark")
+    p_bench.add_argument("op", choices=["contrastive", "augment", "masking"], help="which benchmark")
     p_bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark script")
     args = parser.parse_args(argv)
+    if args.command == "pretrain":
+        return pretrain(args)
+    if args.command == "eval":
+        return evaluate(args)
     if args.command == "info":
         return info()
     if args.command == "bench":

@@ -1,0 +1,14 @@
+"""SSL methods, one file each, read top to bottom; ``METHODS`` maps the public names to their classes."""
+
+from fastssl.methods.base import Method
+from fastssl.methods.byol import BYOL
+from fastssl.methods.moco_v2 import MoCoV2
+from fastssl.methods.simclr import SimCLR
+
+METHODS = {
+    "simclr": SimCLR,
+    "moco_v2": MoCoV2,
+    "byol": BYOL,
+}
+
+__all__ = ["METHODS", "Method"]

@@ -1,0 +1,83 @@
+"""What every method file provides to the engine: build it, embed the views, compute the loss, update targets.
+
+A method is an ``nn.Module`` holding its backbone, heads and targets (EMA networks, queues, centres), so that
+``state_dict`` is the whole training state of the model and a checkpoint restores it in one call.
+
+    outputs = method(views, step=step, horizon=horizon)   # backbone + heads (DDP wraps this call)
+    loss = method.loss(outputs)                           # the method's objective, a 0-d tensor
+    method.after_step(step + 1, horizon)                  # after the optimizer: EMA updates, schedules
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from fastssl.models import ResNet, build_backbone
+
+
+def backbone_kwargs(name: str, args: dict[str, Any], in_channels: int, image_size: Sequence[int]) -> dict:
+    """The backbone's keyword arguments for images of ``image_size`` (h, w) with ``in_channels`` channels:
+    the CIFAR stem (ResNet) or patch size 4 (ViT) for images of 64 pixels or less; ``args`` overrides."""
+    small = max(image_size) <= 64
+    if name.startswith("resnet"):
+        kwargs = dict(in_channels=in_channels, cifar_stem=small)
+    else:
+        kwargs = dict(in_channels=in_channels, img_size=tuple(image_size), patch_size=4 if small else 16)
+    kwargs.update(args)
+    return kwargs
+
+
+class Method(nn.Module):
+    """Base class of the methods in this folder; each subclass documents its paper and its defaults."""
+
+    name: ClassVar[str] = ""
+    preset: ClassVar[str] = "simclr"  # the view pipeline for images larger than 64 px ("cifar" below)
+    default_backbone: ClassVar[str] = "resnet18"
+    global_batchnorm: ClassVar[bool] = True  # normalise over the global batch in multi-process runs
+    defaults: ClassVar[dict[str, Any]] = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6}
+    options: ClassVar[dict[str, Any]] = {}  # the method's own hyper-parameters (method_args) and defaults
+
+    def __init__(self, backbone: nn.Module, backbone_spec: dict[str, Any], loss_backend: str = "auto",
+                 distributed: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self._backbone_spec = backbone_spec
+        self.loss_backend = loss_backend
+        self.distributed = distributed
+
+    @classmethod
+    def build(cls, backbone: str | None, backbone_args: dict, method_args: dict, in_channels: int,
+              image_size: Sequence[int], loss_backend: str = "auto", distributed: bool = False) -> "Method":
+        unknown = set(method_args) - set(cls.options)
+        if unknown:
+            raise ValueError(f"method_args: {', '.join(sorted(unknown))} not options of {cls.name}; its options "
+                             f"are {', '.join(f'{k}={v!r}' for k, v in cls.options.items()) or 'none'}")
+        name = backbone or cls.default_backbone
+        kwargs = backbone_kwargs(name, backbone_args, in_channels, image_size)
+        net = build_backbone(name, **kwargs)
+        return cls(net, {"name": name, "kwargs": kwargs}, loss_backend=loss_backend, distributed=distributed,
+                   **{**cls.options, **method_args})
+
+    @staticmethod
+    def convolutional(method: "Method") -> bool:
+        return isinstance(method.backbone, ResNet)
+
+    def backbone_spec(self) -> dict[str, Any]:
+        """How to rebuild the backbone for evaluation: ``build_backbone(spec["name"], **spec["kwargs"])``."""
+        return dict(self._backbone_spec)
+
+    def forward(self, views: list[torch.Tensor], step: int = 0, horizon: int = 1):
+        raise NotImplementedError
+
+    def loss(self, outputs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self, step: int, horizon: int) -> None:
+        """Called after each optimizer step with the number of steps done."""
+
+    def logs(self) -> dict[str, float]:
+        """Extra scalars for metrics.csv (e.g. the EMA momentum)."""
+        return {}

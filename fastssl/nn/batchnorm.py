@@ -1,0 +1,64 @@
+"""Batch normalisation over the global batch of a torch.distributed job, on CPU (gloo) as well as on GPU.
+
+torch.nn.SyncBatchNorm refuses CPU tensors. SimCLR, BYOL and the other methods that normalise over the batch
+need the statistics of the global batch for one process and K processes to train alike, so on CPU the sums are
+all-reduced here with torch.distributed.nn's differentiable all_reduce; on CUDA this defers to SyncBatchNorm.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class GlobalBatchNorm(nn.SyncBatchNorm):
+    """SyncBatchNorm that also works on CPU tensors (gloo). Outside a multi-process job it is plain BatchNorm."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        distributed = self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if not distributed or input.device.type != "cpu":
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce
+
+        channels = input.shape[1]
+        dims = [0] + list(range(2, input.dim()))
+        x = input.float()
+        count = torch.tensor([input.numel() / channels], dtype=torch.float32)
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # gradients flow back to each rank
+        n = stats[-1]
+        mean = stats[:channels] / n
+        var = (stats[channels:2 * channels] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), momentum)
+        shape = [1, channels] + [1] * (input.dim() - 2)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(input.dtype)
+
+
+def convert_global_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm*d in ``module`` by :class:`GlobalBatchNorm`, keeping parameters and statistics."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                    module.track_running_stats)
+        if module.affine:
+            with torch.no_grad():
+                converted.weight.copy_(module.weight)
+                converted.bias.copy_(module.bias)
+            converted.weight.requires_grad_(module.weight.requires_grad)
+            converted.bias.requires_grad_(module.bias.requires_grad)
+        if module.track_running_stats:
+            converted.running_mean.copy_(module.running_mean)
+            converted.running_var.copy_(module.running_var)
+            converted.num_batches_tracked.copy_(module.num_batches_tracked)
+        converted.train(module.training)
+        return converted
+    for name, child in module.named_children():
+        module.add_module(name, convert_global_batchnorm(child))
+    return module

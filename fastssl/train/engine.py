@@ -1,0 +1,473 @@
+"""The training engine: one loop for every method, on one process or many.
+
+Per optimizer step: the next uint8 batch (prefetched by a CPU thread, pinned, copied with non_blocking=True) ->
+the method's views, made on the device by fastssl.ops.augment with per-sample parameters -> the method's forward
+and loss (autocast) -> backward -> optimizer step -> the method's after-step hook (EMA targets) -> metrics and,
+every ``checkpoint_every`` steps, an atomic checkpoint.
+
+Everything random in a step is drawn from generators seeded by (seed, epoch) for the data order and
+(seed, step, micro-batch) for the augmentation parameters, so a resumed run replays exactly what an uninterrupted
+run would have done, and K processes draw the parameters of the global batch and each take its slice: the same
+step as one process on the whole batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastssl.train import checkpoint as ckpt
+from fastssl.train.config import TrainConfig
+from fastssl.train.distributed import DistInfo, barrier, init_distributed, shutdown
+from fastssl.train.optim import build_optimizer, cosine_schedule, parameter_groups, set_hyperparameters
+
+logger = logging.getLogger("fastssl.train")
+
+CALIBRATION_STEPS = 5  # steps timed before a --budget-minutes run fits its schedules to the budget
+PHASES = ("data", "augment", "forward", "loss", "backward", "optimizer")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+def _seed_for(*parts: int) -> int:
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & ((1 << 63) - 1)
+    return value
+
+
+def dataset_image_shape(dataset) -> tuple[int, int, int]:
+    """(H, W, C) of a fixed-size dataset; for a folder of mixed sizes, the median size."""
+    if hasattr(dataset, "image_shape"):
+        return tuple(dataset.image_shape)
+    packed = dataset.images
+    return (int(packed.heights.median()), int(packed.widths.median()), packed.channels)
+
+
+def dataset_image_sizes(dataset, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """int64 heights and widths of the images at ``indices`` (what the crop sampler needs)."""
+    if hasattr(dataset, "image_shape"):
+        h, w, _ = dataset.image_shape
+        return torch.full((len(indices),), h), torch.full((len(indices),), w)
+    index = torch.from_numpy(np.asarray(indices))
+    return dataset.images.heights[index], dataset.images.widths[index]
+
+
+class DataOrder:
+    """Which source images each rank reads at each (step, micro-batch): a fresh permutation per epoch from
+    (seed, epoch), the global batch cut into micro-batches, each micro-batch cut into per-rank slices."""
+
+    def __init__(self, num_images: int, batch_size: int, grad_accum: int, world: int, rank: int, seed: int):
+        self.micro = batch_size // grad_accum
+        if self.micro % world:
+            raise ValueError(f"batch_size: {batch_size} / grad_accum {grad_accum} = {self.micro} images per "
+                             f"micro-batch does not split over {world} processes")
+        self.steps_per_epoch = num_images // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"batch_size: {batch_size} is larger than the dataset ({num_images} images)")
+        self.num_images, self.batch_size, self.grad_accum = num_images, batch_size, grad_accum
+        self.world, self.rank, self.seed = world, rank, seed
+        self._epoch, self._perm = -1, None
+
+    def global_indices(self, step: int, micro: int) -> np.ndarray:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(_seed_for(self.seed, epoch, 1))
+            self._perm, self._epoch = torch.randperm(self.num_images, generator=g).numpy(), epoch
+        start = position * self.batch_size + micro * self.micro
+        return self._perm[start:start + self.micro]
+
+    def local_slice(self) -> slice:
+        per_rank = self.micro // self.world
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+
+class Trainer:
+    """Runs one pretraining job described by a :class:`TrainConfig`."""
+
+    def __init__(self, cfg: TrainConfig, out_stream=sys.stdout):
+        cfg.validate()
+        self.cfg = cfg
+        self.out_stream = out_stream
+        self.out = Path(cfg.out)
+        self.timings = {phase: 0.0 for phase in PHASES}
+
+    # -------------------------------------------------------------------------------------------------------
+    # set-up
+    # -------------------------------------------------------------------------------------------------------
+
+    def _build(self, dist_info: DistInfo) -> None:
+        from fastssl.data import load_image_dataset, view_pipeline
+        from fastssl.methods import METHODS
+
+        cfg = self.cfg
+        if cfg.method not in METHODS:
+            raise ValueError(f"method: unknown {cfg.method!r}; choose one of {', '.join(sorted(METHODS))}")
+        self.method_cls = METHODS[cfg.method]
+        self.dataset = load_image_dataset(cfg.data, split="train")
+        height, width, channels = dataset_image_shape(self.dataset)
+        self.image_shape = (height, width, channels)
+        small = max(height, width) <= 64
+        preset = cfg.views or ("cifar" if small else self.method_cls.preset)
+        view_args = dict(cfg.view_args)
+        if small and "size" not in view_args:
+            view_args["size"] = (height, width)
+        self.pipeline = view_pipeline(preset, **view_args)
+        view_size = self.pipeline.views[0].output_size()
+
+        torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed
+        self.method: nn.Module = self.method_cls.build(
+            backbone=cfg.backbone, backbone_args=cfg.backbone_args, method_args=cfg.method_args,
+            in_channels=channels, image_size=view_size, loss_backend=cfg.loss_backend,
+            distributed=dist_info.world > 1)
+        device = dist_info.device
+        if dist_info.world > 1 and self.method_cls.global_batchnorm:
+            from fastssl.nn.batchnorm import convert_global_batchnorm
+
+            convert_global_batchnorm(self.method)
+        self.method.to(device)
+        self.channels_last = (cfg.channels_last if cfg.channels_last is not None
+                              else device.type == "cuda" and self.method_cls.convolutional(self.method))
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+            self.pipeline.channels_last = True
+        defaults = self.method_cls.defaults
+        self.optimizer_name = cfg.optimizer or defaults["optimizer"]
+        self.base_lr = (cfg.lr if cfg.lr is not None else defaults["lr"]) * cfg.batch_size / 256
+        self.weight_decay = cfg.weight_decay if cfg.weight_decay is not None else defaults["weight_decay"]
+        self.weight_decay_end = cfg.weight_decay_end if cfg.weight_decay_end is not None else self.weight_decay
+        groups = parameter_groups([self.method], self.weight_decay)
+        self.optimizer = build_optimizer(self.optimizer_name, groups, self.base_lr, cfg.momentum)
+        amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.order = DataOrder(len(self.dataset), cfg.batch_size, cfg.grad_accum, dist_info.world,
+                               dist_info.rank, cfg.seed)
+        planned = cfg.epochs * self.order.steps_per_epoch
+        self.horizon = min(planned, cfg.max_steps) if cfg.max_steps is not None else planned
+        self.horizon_fixed = cfg.budget_minutes is None
+
+    def _state(self, step: int) -> dict[str, Any]:
+        return {
+            "format": ckpt.FORMAT_VERSION, "step": step, "horizon": self.horizon,
+            "horizon_fixed": self.horizon_fixed, "config": self.cfg.to_dict(),
+            "method": self.cfg.method, "method_state": self.method.state_dict(),
+            "backbone": self.method.backbone_spec(), "view_size": self.pipeline.views[0].output_size(),
+            "image_shape": self.image_shape, "mean": self.pipeline.mean, "std": self.pipeline.std,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_states(), "world": self.dist.world, "torch": torch.__version__,
+        }
+
+    def _save(self, step: int) -> None:
+        if self.dist.is_main:
+            state = self._state(step)
+            ckpt.save_atomic(state, self.out / "last.pt")
+            if self.cfg.keep_checkpoints:
+                ckpt.save_atomic(state, self.out / f"step_{step:07d}.pt")
+        barrier(self.dist)
+
+    def _resume(self) -> int:
+        path = self.out / "last.pt"
+        state = ckpt.load_checkpoint(path)
+        saved = state["config"]
+        for key in ("method", "batch_size", "seed", "grad_accum", "backbone", "data"):
+            if saved.get(key) != getattr(self.cfg, key):
+                raise ValueError(f"--resume: {path} was written with {key}={saved.get(key)!r}, this run has "
+                                 f"{key}={getattr(self.cfg, key)!r}")
+        self.method.load_state_dict(state["method_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.horizon, self.horizon_fixed = state["horizon"], state["horizon_fixed"]
+        if self.cfg.max_steps is not None:
+            self.horizon = min(self.horizon, self.cfg.max_steps)
+        ckpt.restore_rng_states(state["rng"])
+        return int(state["step"])
+
+    # -------------------------------------------------------------------------------------------------------
+    # one step
+    # -------------------------------------------------------------------------------------------------------
+
+    def _load(self, step: int, micro: int):
+        """CPU thread: this rank's uint8 images of (step, micro), pinned when they go to a GPU."""
+        images, _ = self.dataset.batch(self.order.global_indices(step, micro)[self.order.local_slice()])
+        if self.dist.device.type == "cuda":
+            images = images.pin_memory()
+        return images
+
+    def _params(self, step: int, micro: int):
+        """The augmentation parameters of the GLOBAL micro-batch, then this rank's slice."""
+        from fastssl.data.views import sample_view_params
+
+        g = torch.Generator().manual_seed(_seed_for(self.cfg.seed, step, micro, 2))
+        heights, widths = dataset_image_sizes(self.dataset, self.order.global_indices(step, micro))
+        params = [sample_view_params(v, heights, widths, g) for v in self.pipeline.views]
+        local = self.order.local_slice()
+        return [p.select(local) for p in params]
+
+    def _sync(self):
+        if self.cfg.profile and self.dist.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _step(self, step: int, model: nn.Module, prefetch) -> tuple[torch.Tensor, Any]:
+        cfg = self.cfg
+        device = self.dist.device
+        lr = cosine_schedule(step, self.horizon, self.base_lr, self.base_lr * cfg.min_lr_fraction,
+                             warmup=int(cfg.warmup_fraction * self.horizon))
+        wd = cosine_schedule(step, self.horizon, self.weight_decay, self.weight_decay_end)
+        set_hyperparameters(self.optimizer, lr, wd)
+        total = torch.zeros((), device=device)
+        autocast = (torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else nullcontext())
+        for micro in range(cfg.grad_accum):
+            t0 = time.perf_counter()
+            images = prefetch.result()
+            nxt = (step, micro + 1) if micro + 1 < cfg.grad_accum else (step + 1, 0)
+            prefetch = self.pool.submit(self._load, *nxt) if nxt[0] < self.horizon else None
+            images = images.to(device, non_blocking=True)
+            t1 = time.perf_counter()
+            views = self.pipeline(images, params=self._params(step, micro), backend=cfg.augment_backend)
+            self._sync()
+            t2 = time.perf_counter()
+            with autocast:
+                outputs = model(views, step=step, horizon=self.horizon)
+                self._sync()
+                t3 = time.perf_counter()
+                loss = self.method.loss(outputs)
+            self._sync()
+            t4 = time.perf_counter()
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+            self._sync()
+            t5 = time.perf_counter()
+            total += loss.detach().float()
+            for phase, dt in zip(PHASES[:5], (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                self.timings[phase] += dt
+        t5 = time.perf_counter()
+        if cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.after_step(step + 1, self.horizon)
+        self._sync()
+        self.timings["optimizer"] += time.perf_counter() - t5
+        return total / cfg.grad_accum, prefetch, lr, wd
+
+    # -------------------------------------------------------------------------------------------------------
+    # the loop
+    # -------------------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self.dist = init_distributed(self.cfg.device)
+        try:
+            return self._run()
+        finally:
+            shutdown(self.dist)
+
+    def _run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self._build(self.dist)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(cfg.to_yaml())
+        start = self._resume() if cfg.resume and (self.out / "last.pt").exists() else 0
+        if cfg.resume and start == 0 and not (self.out / "last.pt").exists():
+            self._print(f"--resume: no {self.out / 'last.pt'} yet, starting from step 0")
+        metrics = MetricsWriter(self.out / "metrics.csv", start, enabled=self.dist.is_main)
+        self._print(f"fastssl pretrain: {cfg.method} on {cfg.data} ({len(self.dataset)} images "
+                    f"{'x'.join(map(str, self.image_shape))}), {self.method.backbone_spec()['name']}, "
+                    f"batch {cfg.batch_size} on {self.dist.world} x {self.dist.device}, {self.optimizer_name} "
+                    f"lr {self.base_lr:.3g}, views {self.pipeline.name} {self.pipeline.views[0].output_size()}, "
+                    f"steps {start} -> {self.horizon}")
+        model = self.method
+        if self.dist.world > 1:
+            model = nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None,
+                broadcast_buffers=False)
+        if cfg.compile:
+            model = torch.compile(model)
+        self.method.train()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastssl-data")
+        progress = self._progress(start)
+        profiler = self._profiler()
+        t_start = time.perf_counter()
+        t_window, window_images, window_loss, window_steps = t_start, 0, torch.zeros(()), 0
+        finite = torch.ones((), dtype=torch.bool, device=self.dist.device)
+        prefetch = self.pool.submit(self._load, start, 0) if start < self.horizon else None
+        step = start
+        last_loss = float("nan")
+        stopped_by = "steps"
+        try:
+            while step < self.horizon:
+                loss, prefetch, lr, wd = self._step(step, model, prefetch)
+                step += 1
+                finite &= torch.isfinite(loss)
+                window_loss = window_loss.to(loss.device) + loss
+                window_steps += 1
+                window_images += cfg.batch_size
+                if profiler is not None:
+                    profiler.step()
+                at_checkpoint = step % cfg.checkpoint_every == 0
+                if step % cfg.log_every == 0 or at_checkpoint or step == self.horizon or \
+                        self.dist.device.type == "cpu":
+                    if not bool(finite):
+                        raise NonFiniteLossError(
+                            f"the loss became non-finite at or before step {step}; the run stopped and "
+                            f"{self.out / 'last.pt'} holds the last good checkpoint. Lower the lr "
+                            f"({self.base_lr:.3g}), use amp=bf16 instead of fp16, or set clip_grad.")
+                if step % cfg.log_every == 0 or step == self.horizon:
+                    now = time.perf_counter()
+                    last_loss = (window_loss / window_steps).item()
+                    rate = window_images / max(now - t_window, 1e-9)
+                    metrics.write(step=step, epoch=step / self.order.steps_per_epoch, loss=last_loss, lr=lr,
+                                  weight_decay=wd, images_per_s=rate, elapsed_s=now - t_start,
+                                  **self.method.logs())
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+                    t_window, window_images, window_loss, window_steps = now, 0, torch.zeros(()), 0
+                if progress is not None:
+                    progress.update(1)
+                if at_checkpoint:
+                    self._save(step)
+                if not self.horizon_fixed and step - start == CALIBRATION_STEPS:
+                    self._fit_horizon(step, start, time.perf_counter() - t_start)
+                if cfg.budget_minutes is not None and time.perf_counter() - t_start > 60 * cfg.budget_minutes:
+                    stopped_by = "budget"
+                    break
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            if progress is not None:
+                progress.close()
+            if profiler is not None:
+                profiler.__exit__(None, None, None)
+        if step % cfg.checkpoint_every != 0 or step == 0:
+            self._save(step)
+        summary = {"step": step, "loss": last_loss, "stopped_by": stopped_by,
+                   "seconds": time.perf_counter() - t_start, "checkpoint": str(self.out / "last.pt")}
+        if self.dist.is_main:
+            metrics.plot(self.out / "loss.png", f"{cfg.method} on {cfg.data}")
+            self._print(f"done: step {step} ({stopped_by}), loss {last_loss:.4f}, "
+                        f"{summary['seconds']:.0f} s; checkpoint {summary['checkpoint']}")
+            if cfg.profile:
+                self._print(self.profile_table(step - start))
+        return summary
+
+    def _fit_horizon(self, step: int, start: int, elapsed: float) -> None:
+        """--budget-minutes: fit the schedules (cosine lr, EMA momentum) to the steps that fit the budget."""
+        per_step = elapsed / max(1, step - start)
+        remaining = 60 * self.cfg.budget_minutes - elapsed
+        fitted = step + max(0, int(remaining / per_step))
+        self.horizon = max(step, min(self.horizon, fitted))
+        self.horizon_fixed = True
+        self._print(f"budget {self.cfg.budget_minutes:g} min at {per_step:.2f} s/step: schedules end at step "
+                    f"{self.horizon}")
+
+    def _progress(self, start: int):
+        if not (self.cfg.progress and self.dist.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.horizon, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def _profiler(self):
+        if not (self.cfg.profile and self.dist.is_main):
+            return None
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.dist.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        trace = str(self.out / "trace.json")
+        profiler = torch.profiler.profile(
+            activities=activities, schedule=torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1),
+            on_trace_ready=lambda p: p.export_chrome_trace(trace))
+        profiler.__enter__()
+        return profiler
+
+    def profile_table(self, steps: int) -> str:
+        total = sum(self.timings.values())
+        lines = [f"step time breakdown over {steps} steps ({total / max(steps, 1) * 1e3:.1f} ms/step; "
+                 f"trace in {self.out / 'trace.json'}):", "| phase | ms/step | share |", "|---|---|---|"]
+        for phase in PHASES:
+            t = self.timings[phase]
+            lines.append(f"| {phase} | {t / max(steps, 1) * 1e3:.1f} | {100 * t / max(total, 1e-12):.1f}% |")
+        return "\n".join(lines)
+
+    def _print(self, text: str) -> None:
+        if self.dist.is_main:
+            print(text, file=self.out_stream, flush=True)
+
+
+class MetricsWriter:
+    """metrics.csv (step, epoch, loss, lr, weight_decay, images_per_s, elapsed_s, method extras), appended as the
+    run goes; on resume, rows past the resumed step are dropped (they will be written again)."""
+
+    def __init__(self, path: Path, start: int, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        self.rows: list[dict[str, Any]] = []
+        self._tensorboard = None
+        if not enabled:
+            return
+        if start > 0 and path.exists():
+            with open(path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+            self._rewrite()
+        elif path.exists():
+            path.unlink()
+        self._tensorboard = self._open_tensorboard()
+
+    def _open_tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional (pip install tensorboard)
+            return None
+        return SummaryWriter(str(self.path.parent / "tensorboard"))
+
+    def _fields(self) -> list[str]:
+        fields: list[str] = []
+        for row in self.rows:
+            fields += [k for k in row if k not in fields]
+        return fields
+
+    def _rewrite(self) -> None:
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._fields())
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def write(self, **row) -> None:
+        if not self.enabled:
+            return
+        row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        before = self._fields()
+        self.rows.append(row)
+        if self._fields() != before or not self.path.exists():
+            self._rewrite()  # a new column (or a new file): rewrite with the full header
+        else:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=before).writerow(row)
+        if self._tensorboard is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self._tensorboard.add_scalar(key, float(value), int(row["step"]))
+
+    def plot(self, path: Path, title: str) -> None:
+        if not self.enabled or not self.rows:
+            return
+        from fastssl.eval.plots import save_line_plot
+
+        steps = [int(r["step"]) for r in self.rows]
+        losses = [float(r["loss"]) for r in self.rows]
+        if all(math.isfinite(v) for v in losses):
+            save_line_plot(path, steps, losses, title=title, xlabel="step", ylabel="loss")

@@ -1,0 +1,95 @@
+"""Optimizers and schedules: SGD, LARS and AdamW; warm-up + cosine for the lr, weight decay and EMA momentum."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al., 2017) as SimCLR and BYOL use it: SGD with momentum whose step for each weight tensor is
+    scaled by the trust ratio ``eta * ||w|| / ||g + wd * w||``. Parameter groups with ``lars=False`` (biases and
+    normalisation parameters, by the papers' convention) take plain SGD steps without weight decay scaling."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        if lr < 0:
+            raise ValueError(f"lr: must be >= 0, got {lr}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if group["lars"]:
+                    if group["weight_decay"]:
+                        grad = grad.add(p, alpha=group["weight_decay"])
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
+                                        torch.ones_like(w_norm))
+                    grad = grad.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = grad.clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict]:
+    """Two groups: weights (decayed, LARS-adapted) and biases/normalisation parameters (neither), the convention
+    of SimCLR, BYOL and timm. Parameters that need no gradient (EMA targets) are left out."""
+    decay, no_decay = [], []
+    seen = set()
+    for module in modules:
+        for name, p in module.named_parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay, lars=True, decay=True),
+            dict(params=no_decay, weight_decay=0.0, lars=False, decay=False)]
+
+
+def build_optimizer(name: str, groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum)
+    plain = [{k: v for k, v in g.items() if k != "lars"} for g in groups]
+    if name == "sgd":
+        return torch.optim.SGD(plain, lr=lr, momentum=momentum)
+    if name == "adamw":
+        return torch.optim.AdamW(plain, lr=lr, betas=(0.9, 0.95))
+    raise ValueError(f"optimizer: sgd, lars or adamw, got {name!r}")
+
+
+def cosine_schedule(step: int, total: int, base: float, final: float, warmup: int = 0,
+                    warmup_start: float = 0.0) -> float:
+    """Linear warm-up from ``warmup_start`` to ``base`` over ``warmup`` steps, then a half cosine to ``final`` at
+    ``total`` steps (held after)."""
+    if step < warmup:
+        return warmup_start + (base - warmup_start) * (step + 1) / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return final + (base - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if group.get("decay", True):
+            group["weight_decay"] = weight_decay
+
+
+@torch.no_grad()
+def ema_update(target: Iterable[torch.Tensor], online: Iterable[torch.Tensor], momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, in one fused foreach call over all tensors."""
+    target, online = list(target), list(online)
+    if target:
+        torch._foreach_lerp_(target, online, 1.0 - momentum)

@@ -1,0 +1,70 @@
+"""2 gloo processes on CPU take the same training steps as one process on the global batch (issue 5).
+
+Each rank reads its half of every global batch, draws the augmentation parameters of the global batch and takes its
+slice, normalises with BatchNorm statistics of the global batch (GlobalBatchNorm, as SyncBatchNorm does on GPUs),
+and computes the contrastive loss against every rank's negatives; DDP averages the gradients. After two optimizer
+steps the weights must match the single-process run up to float32 reassociation.
+"""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from fastssl.train import TrainConfig, Trainer
+from fastssl.train.checkpoint import load_checkpoint
+from tests.conftest import require_cpp
+
+WORLD = 2
+
+
+def _config(data, out, method):
+    method_args = {"proj_hidden_dim": 64, "pred_hidden_dim": 64} if method == "byol" else {}
+    return TrainConfig(method=method, data=str(data), out=str(out), backbone="resnet18",
+                       backbone_args={"width": 0.125}, method_args=method_args, batch_size=16, max_steps=2,
+                       device="cpu", progress=False, log_every=1, eval_at_end=False, warmup_fraction=0.0, lr=0.5)
+
+
+def _worker(rank, port, data, out, method):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    Trainer(_config(data, out, method)).run()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_two_processes_match_one(method, cifar_slice, tmp_path):
+    require_cpp()
+    Trainer(_config(cifar_slice, tmp_path / "one", method)).run()
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, cifar_slice, tmp_path / "two", method)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    one = load_checkpoint(tmp_path / "one" / "last.pt")
+    two = load_checkpoint(tmp_path / "two" / "last.pt")
+    assert one["step"] == two["step"] == 2 and two["world"] == WORLD
+    compared = 0
+    for key, a in one["method_state"].items():
+        b = two["method_state"][key]
+        if not a.is_floating_point():
+            assert torch.equal(a, b), key
+            continue
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=2e-5, msg=f"{key} differs between 1 and 2 processes")
+        compared += 1
+    assert compared > 20
