@@ -33,7 +33,7 @@ Napkin math (SimCLR: 256x256x3 uint8 sources, two 224x224x3 views, fp32 out; per
                  costs a 602 KB write + read per view: more than the recompute.
     blur         scratch write + read 2 * 602 KB = 1.2 MB (0.36 us) for blurred views (50% in SimCLR); halo
                  re-reads ((32 + 22) / 32)^2 ~ 2.9x of the scratch come from L2. Toeplitz products at BLUR_TILE
-                 = BLUR_K_BLOCK = 32, k = 23: (64*64*32 + 32*64*32) MACs / 32^2 px = 192 MACs per value, x3 for
+                 32, k = 23 (a 64-wide padded halo): (64*64*32 + 32*64*32) MACs / 32^2 = 192 MACs per value, x3 for
                  tf32x3 -> 87M tensor-core MACs per view, ~0.35 us at ~250 TMAC/s (dense tf32), overlapping the
                  scratch traffic. A direct 23-tap separable blur would need the row pass's results across
                  threads (shared memory Triton does not expose) or 23 loads per value per pass.
@@ -55,20 +55,32 @@ import torch
 import triton
 import triton.language as tl
 
-# Packed parameter columns (fastssl.ops.augment's I_* and F_*), as constexprs for the kernels.
-_I_TOP, _I_LEFT, _I_CROP_H, _I_CROP_W, _I_FLIP, _I_JITTER = 0, 1, 2, 3, 4, 5
-_I_ORDER, _I_GRAY, _I_SOLARIZE, _I_BLUR_SIZE, _NUM_INT = 6, 10, 11, 12, 13
-_F_BRIGHTNESS, _F_CONTRAST, _F_SATURATION, _F_HUE, _F_SIGMA, _F_THRESHOLD, _NUM_FLOAT = 0, 1, 2, 3, 4, 5, 6
+import fastssl.ops.augment as A
 
-# Tuning knobs (a GPU session sweeps these; the values are first guesses, not measurements).
-# Resize tile of passes 1 and 2: 32 x 32 px = 8 px per thread per channel at 4 warps.
+# Packed parameter columns (the spec's I_* and F_*), as constexprs for the kernels.
+_I_TOP, _I_LEFT, _I_CROP_H, _I_CROP_W = (tl.constexpr(c) for c in (A.I_TOP, A.I_LEFT, A.I_CROP_H, A.I_CROP_W))
+_I_FLIP, _I_JITTER, _I_ORDER = (tl.constexpr(c) for c in (A.I_FLIP, A.I_JITTER, A.I_ORDER))
+_I_GRAY, _I_SOLARIZE, _I_BLUR_SIZE = (tl.constexpr(c) for c in (A.I_GRAY, A.I_SOLARIZE, A.I_BLUR_SIZE))
+_F_BRIGHTNESS, _F_CONTRAST, _F_SATURATION, _F_HUE, _F_SIGMA, _F_THRESHOLD = (
+    tl.constexpr(c) for c in (A.F_BRIGHTNESS, A.F_CONTRAST, A.F_SATURATION, A.F_HUE, A.F_SIGMA, A.F_THRESHOLD))
+_NUM_INT = tl.constexpr(A.NUM_INT_PARAMS)
+_NUM_FLOAT = tl.constexpr(A.NUM_FLOAT_PARAMS)
+# Jitter op codes.
+_BRIGHTNESS, _CONTRAST, _SATURATION = tl.constexpr(A.BRIGHTNESS), tl.constexpr(A.CONTRAST), tl.constexpr(A.SATURATION)
+_LUMA_R, _LUMA_G, _LUMA_B = (tl.constexpr(c) for c in A.LUMA)
+
+# Tuning knobs (a GPU session sweeps these; no timing chose them yet). Register counts are from compiling for sm_90
+# without a GPU (Triton 3.9, cuobjdump --dump-resource-usage; the H100 machine's Triton 3.6 may differ).
+# Resize tile of passes 1 and 2: 32 x 32 px, 4 px per thread per channel at 8 warps: 74 registers, no spills
+# (4 warps: 123 registers, 16 warps per SM at most; 16 x 32 at 4 warps: 72).
 TILE_H = 32
 TILE_W = 32
-NUM_WARPS = 4
+NUM_WARPS = 8
 # Blur tile and the K chunk of its Toeplitz products (tl.dot needs >= 16 on every side). A 23-tap kernel spans
-# 32 + 22 = 54 -> 2 chunks of 32; BLUR_K_BLOCK = 64 would take it in one chunk with 64^2 fp32 X tiles.
+# 32 + 22 = 54 -> 4 chunks of 16 (64, as 2 chunks of 32 would). K chunk 16: 168 registers, no spills at 4 or 8
+# warps; K chunk 32: 255 registers and 80 B (4 warps) / 24 B (8 warps) of spills; 64: 1.3 KB of spills.
 BLUR_TILE = 32
-BLUR_K_BLOCK = 32
+BLUR_K_BLOCK = 16
 BLUR_NUM_WARPS = 4
 # Chunk of the loop that sums a Gaussian kernel's taps for its normalisation.
 KERNEL_SUM_BLOCK = 64
@@ -92,7 +104,8 @@ def _axis_taps(o, out_size, crop_size):
     """PyTorch's antialiased bilinear taps (aten's _compute_weights_aa) of output coordinates ``o`` along one
     axis: (center, first source index, tap count, 1 / scale or 1). The weight of tap j of a coordinate is
     max(0, 1 - |(j + first - center + 0.5) * invscale|), normalised over its taps."""
-    scale = crop_size.to(tl.float32) / out_size.to(tl.float32)
+    # `* 1.0`, not .to(): Triton passes an int argument equal to 1 as a constexpr, which has no .to().
+    scale = crop_size.to(tl.float32) / (out_size * 1.0)
     support = tl.where(scale >= 1.0, scale, 1.0)
     invscale = tl.where(scale >= 1.0, 1.0 / scale, 1.0)
     center = scale * (o.to(tl.float32) + 0.5)
@@ -169,7 +182,7 @@ def _resized_tile(data_ptr, offsets_ptr, heights_ptr, widths_ptr, int_row, b, ys
 @triton.jit
 def _gray(r, g, b, C: tl.constexpr):
     if C == 3:
-        return 0.2989 * r + 0.587 * g + 0.114 * b
+        return _LUMA_R * r + _LUMA_G * g + _LUMA_B * b
     else:
         return r
 
@@ -222,18 +235,18 @@ def _hue_shift(r, g, b, shift):
 def _jitter_op(op, r, g, b, float_row, mean_gray, C: tl.constexpr):
     """One colour-jitter op by its code (0 brightness, 1 contrast, 2 saturation, 3 hue); ``op`` is a
     program-level scalar, so each branch is uniform across the program."""
-    if op == 0:
+    if op == _BRIGHTNESS:
         f = tl.load(float_row + _F_BRIGHTNESS)
         r = _clamp01(f * r)
         g = _clamp01(f * g)
         b = _clamp01(f * b)
-    elif op == 1:
+    elif op == _CONTRAST:
         f = tl.load(float_row + _F_CONTRAST)
         bias = (1.0 - f) * mean_gray
         r = _clamp01(f * r + bias)
         g = _clamp01(f * g + bias)
         b = _clamp01(f * b + bias)
-    elif op == 2:
+    elif op == _SATURATION:
         if C == 3:
             f = tl.load(float_row + _F_SATURATION)
             gray = (1.0 - f) * _gray(r, g, b, C)
@@ -297,7 +310,7 @@ def _contrast_partials_kernel(data_ptr, offsets_ptr, heights_ptr, widths_ptr, in
         before = True  # still before the contrast op in the sample's order
         for k in tl.static_range(4):
             op = tl.load(int_row + _I_ORDER + k)
-            before = before & (op != 1)
+            before = before & (op != _CONTRAST)
             if before:
                 r, g, bl = _jitter_op(op, r, g, bl, float_row, 0.0, C)
         inside = (ys < OH)[:, None] & (xs < OW)[None, :]
@@ -324,7 +337,7 @@ def _augment_kernel(data_ptr, offsets_ptr, heights_ptr, widths_ptr, int_ptr, flo
         # The same fixed-order sum in every program of the sample: deterministic and identical across tiles.
         tiles = tl.arange(0, PARTIALS_BLOCK)
         partials = tl.load(partials_ptr + b.to(tl.int64) * n_tiles + tiles, mask=tiles < n_tiles, other=0.0)
-        mean_gray = tl.sum(partials, 0) / (OH * OW).to(tl.float32)
+        mean_gray = tl.sum(partials, 0) / (OH * OW * 1.0)
         for k in tl.static_range(4):
             r, g, bl = _jitter_op(tl.load(int_row + _I_ORDER + k), r, g, bl, float_row, mean_gray, C)
     if tl.load(int_row + _I_GRAY) != 0:
@@ -433,8 +446,8 @@ def _check_args(data, offsets, heights, widths, channels, int_params, float_para
     expected = {
         "data": (data, torch.uint8, None), "offsets": (offsets, torch.int64, (batch,)),
         "heights": (heights, torch.int64, (batch,)), "widths": (widths, torch.int64, (batch,)),
-        "int_params": (int_params, torch.int64, (batch, _NUM_INT)),
-        "float_params": (float_params, torch.float32, (batch, _NUM_FLOAT)),
+        "int_params": (int_params, torch.int64, (batch, A.NUM_INT_PARAMS)),
+        "float_params": (float_params, torch.float32, (batch, A.NUM_FLOAT_PARAMS)),
         "mean": (mean, torch.float32, (channels,)), "std": (std, torch.float32, (channels,)),
     }
     for name, (t, dtype, shape) in expected.items():
