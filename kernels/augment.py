@@ -28,17 +28,19 @@ Napkin math (SimCLR: 256x256x3 uint8 sources, two 224x224x3 views, fp32 out; per
                  0.24 us at the H100's ~3.35 TB/s, ~4M views/s.
     resize       crops are 72..256 px wide, scale 0.32..1.14, 2..3 taps per axis: <= 9 taps x 3 uint8 gathers per
                  pixel = 1.35M L1 lane-loads per view, ~0.2 us over 132 SMs at one warp-load per clock each.
-    contrast     pass 1 redoes the resize for jittered samples (80% in SimCLR): +~0.2 us of gathers, 0 DRAM bytes
-                 beyond the source (L2-resident after pass 1). The alternative, storing pre-contrast values,
-                 costs a 602 KB write + read per view: more than the recompute.
+    contrast     pass 1 redoes the resize for jittered samples (80% in SimCLR): +~0.2 us of gathers and at most one
+                 more source read (196 KB: the batch's 50 MB of sources about fills the H100's 50 MB L2). Storing
+                 the pre-contrast values instead would cost a 602 KB write + read per view.
     blur         scratch write + read 2 * 602 KB = 1.2 MB (0.36 us) for blurred views (50% in SimCLR); halo
                  re-reads ((32 + 22) / 32)^2 ~ 2.9x of the scratch come from L2. Toeplitz products at BLUR_TILE
                  32, k = 23 (a 64-wide padded halo): (64*64*32 + 32*64*32) MACs / 32^2 = 192 MACs per value, x3 for
-                 tf32x3 -> 87M tensor-core MACs per view, ~0.35 us at ~250 TMAC/s (dense tf32), overlapping the
-                 scratch traffic. A direct 23-tap separable blur would need the row pass's results across
-                 threads (shared memory Triton does not expose) or 23 loads per value per pass.
-    total        ~0.45 us (no blur) to ~0.9 us (blur) per view -> ~1.5M views/s for SimCLR's mix, against the
-                 issue's 1M target and a ResNet-50 step's ~4k views/s.
+                 tf32x3 -> 87M tensor-core MACs per view, ~0.35 us at the dense tf32 peak (~250 TMAC/s; these small
+                 tiles run on mma.sync, which gets less), overlapping the scratch traffic. The band weights are
+                 recomputed per chunk pair: ~10 exps per pixel, ~0.14 us of the SFUs. A direct 23-tap separable
+                 blur would need the row pass's results across threads (shared memory Triton does not expose) or
+                 23 loads per value per pass.
+    total        ~0.45 us (no blur) to ~0.9 us (blur) per view -> ~1.4M views/s for SimCLR's mix, against the
+                 issue's 1M target and a ResNet-50 step's ~4k views/s. Estimates, not measurements.
 Why scratch rather than a fused halo: fusing the blur into pass 2 recomputes resize + jitter on the
 (32 + 22)^2 / 32^2 ~ 2.9x halo area (4x after padding to powers of two) of every blurred tile, and a fixed halo
 caps the kernel size; the scratch computes each pre-blur value once and takes any size. The scratch is allocated
@@ -46,7 +48,9 @@ for every sample (no host sync to count the blurred ones) but only blurred sampl
 
 fp32 accuracy: the contract allows 2x the fp32 reference's error + 1e-5 after normalisation (std ~0.22, so
 ~2e-6 before it). All math is fp32; the blur's products use tf32x3 (the ``BLUR_DOT_PRECISION`` knob): plain
-tf32 rounds the weights to 10 bits (~5e-4), "ieee" runs on CUDA cores at ~1/8 of the tensor-core rate.
+tf32 rounds the weights to 10 bits (~5e-4), "ieee" runs on CUDA cores at ~1/8 of the tensor-core rate. The
+interpreter's tl.dot is exact fp32, so the tests cannot see tf32x3's rounding; emulating it in numpy (hi/lo tf32
+splits, the lo*lo term dropped) on 23-tap blurs with sigma 0.1..2 gave <= 1.5e-7 before normalisation.
 Index math is int32 inside an image/view and int64 for the per-sample bases; an image's bytes and a view's
 values must stay below 2^31 (checked on the host from the buffer sizes).
 """
@@ -144,23 +148,23 @@ def _resized_tile(data_ptr, offsets_ptr, heights_ptr, widths_ptr, int_row, b, ys
     rows_max = tl.max(ny, 0)
     cols_max = tl.max(nx, 0)
     sum_y = tl.zeros_like(cy)
-    for j in range(0, rows_max):
+    for j in range(rows_max):
         sum_y += _tap_weight(j, fy, cy, isy, ny)
     sum_x = tl.zeros_like(cx)
-    for j in range(0, cols_max):
+    for j in range(cols_max):
         sum_x += _tap_weight(j, fx, cx, isx, nx)
 
     acc_r = tl.zeros((ys.shape[0], xs.shape[0]), tl.float32)
     acc_g = tl.zeros((ys.shape[0], xs.shape[0]), tl.float32)
     acc_b = tl.zeros((ys.shape[0], xs.shape[0]), tl.float32)
-    for ty in range(0, rows_max):
+    for ty in range(rows_max):
         wy = _tap_weight(ty, fy, cy, isy, ny)
         row = top + tl.minimum(fy + ty, crop_h - 1)
         if WIDE_DATA:
             row_off = row.to(tl.int64) * width * C
         else:
             row_off = row * width * C
-        for tx in range(0, cols_max):
+        for tx in range(cols_max):
             wx = _tap_weight(tx, fx, cx, isx, nx)
             col = left + tl.minimum(fx + tx, crop_w - 1)
             w = wy[:, None] * wx[None, :]
