@@ -466,6 +466,9 @@ def _check_args(data, offsets, heights, widths, channels, int_params, float_para
     assert out.dim() == 4 and tuple(out.shape[:2]) == (batch, channels), (
         f"out must be (B={batch}, C={channels}, out_h, out_w), got {tuple(out.shape)}"
     )
+    # Samples run on grid axis 1 (CUDA allows 65535 there); tiles on axis 0, so that consecutive programs share a
+    # sample's source in the caches.
+    assert batch <= 65535, f"batch of {batch} images: at most 65535 per call (split the batch)"
     assert channels * out.shape[2] * out.shape[3] < 2**31, f"out: a view of {tuple(out.shape[1:])} is too large"
     assert max(out.stride()[1:]) * max(out.shape[1:]) < 2**31, "out: strides too large for int32 tile offsets"
 
