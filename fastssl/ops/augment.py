@@ -283,7 +283,7 @@ def gaussian_kernel1d(size: int, sigma: float, dtype=torch.float64) -> Tensor:
 
 def _blur(x: Tensor, size: int, sigma: float) -> Tensor:
     """Separable Gaussian blur of (C, H, W) with reflect padding."""
-    kernel = gaussian_kernel1d(size, sigma, x.dtype)
+    kernel = gaussian_kernel1d(size, sigma, x.dtype).to(x.device)
     taps = torch.arange(size) - size // 2
     _, h, w = x.shape
     cols = _reflect(torch.arange(w)[:, None] + taps[None, :], w)  # (W, k) source column of each tap

@@ -268,3 +268,108 @@ def test_bad_packed_images():
     packed.offsets = packed.offsets + 10_000
     with pytest.raises(ValueError, match="images: an image runs past the end"):
         augment(packed, AugmentParams.identity(2, torch.tensor([3, 5]), torch.tensor([4, 6])), 4, MEAN, STD)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Triton-specific: what the shared cases above do not reach in kernels/augment.py (their views fit in one 32 x 32
+# tile). Small batches: the interpreter runs each program in Python.
+# ---------------------------------------------------------------------------------------------------------------
+
+TRITON = pytest.param("triton", marks=fused_backends(op="augment")[1].marks)
+
+
+@pytest.mark.parametrize("backend", [TRITON])
+def test_triton_views_span_tiles(backend):
+    """70 x 45 views: several resize tiles (the contrast mean adds partial sums across tiles), blur halos that
+    cross tile edges, partial tiles at the right and bottom; fp32 channels_last strides."""
+    images = _images(2, 90, 61, seed=21)
+    check_backend(backend, images, random_params(images, seed=21, blur_size=23), (70, 45), channels_last=True)
+
+
+@pytest.mark.parametrize("backend", [TRITON])
+def test_triton_out_size_one(backend):
+    images = _images(2, 9, 9, seed=3)
+    check_backend(backend, images, random_params(images, seed=3, blur_size=3), (1, 1))
+    check_backend(backend, images, random_params(images, seed=4, blur_size=3), (1, 5))
+
+
+@pytest.mark.parametrize("backend", [TRITON])
+def test_triton_blur_wider_than_a_chunk(backend):
+    """41 and 65 taps: the blur's halo spans several K chunks, and mirrors more than once on a 30 x 32 view."""
+    images = _images(2, 40, 41, seed=5)
+    params = random_params(images, seed=5, ops=("crop", "blur"))
+    params.blur_sigma = torch.tensor([1.5, 3.0])
+    params.blur_size = torch.tensor([41, 65])
+    check_backend(backend, images, params, (30, 32))
+
+
+@pytest.mark.parametrize("backend", [TRITON])
+def test_triton_downscale_many_taps(backend):
+    """5x downscaling: ~11 taps per axis, the runtime tap loops past the 2-3 taps of upscaling."""
+    images = _images(2, 55, 45, seed=8)
+    check_backend(backend, images, random_params(images, seed=8, ops=("flip", "jitter")), (11, 9))
+
+
+_COMPILE_SM90 = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import fastssl.kernels.augment as K
+
+P, F = "*i64", "*fp32"
+images = dict(data_ptr="*u8", offsets_ptr=P, heights_ptr=P, widths_ptr=P, int_ptr=P, float_ptr=F)
+# OH, tiles_w and out_sw equal 1: Triton passes ints equal to 1 as constexprs, the others as i32.
+sizes = dict(OH="constexpr", OW="i32", tiles_w="constexpr")
+strides = dict(out_sb="i32", out_sc="i32", out_sh="i32", out_sw="constexpr")
+ones = dict(OH=1, tiles_w=1, C=3)
+kernels = [
+    (K._contrast_partials_kernel, {**images, "partials_ptr": F, **sizes, "n_tiles": "i32"},
+     dict(TILE_H=K.TILE_H, TILE_W=K.TILE_W, WIDE_DATA=True), K.NUM_WARPS),
+    (K._augment_kernel, {**images, "mean_ptr": F, "std_ptr": F, "partials_ptr": F, "scratch_ptr": F,
+                         "out_ptr": "*bf16", **sizes, "n_tiles": "i32", **strides},
+     dict(TILE_H=K.TILE_H, TILE_W=K.TILE_W, PARTIALS_BLOCK=64, WIDE_DATA=False, out_sw=1), K.NUM_WARPS),
+    (K._blur_kernel, {"scratch_ptr": F, "int_ptr": P, "float_ptr": F, "mean_ptr": F, "std_ptr": F,
+                      "out_ptr": "*fp16", **sizes, **strides},
+     dict(BLUR_TILE=K.BLUR_TILE, K_BLOCK=K.BLUR_K_BLOCK, KERNEL_SUM_BLOCK=K.KERNEL_SUM_BLOCK,
+          DOT_PRECISION=K.BLUR_DOT_PRECISION, out_sw=1), K.BLUR_NUM_WARPS),
+]
+for fn, signature, constants, warps in kernels:
+    constants = {**ones, **constants}
+    signature = {**signature, **{name: "constexpr" for name in constants}}
+    triton.compile(ASTSource(fn, signature, constants), target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": warps})
+"""
+
+
+@pytest.mark.parametrize("backend", [TRITON])
+def test_triton_compiles_for_sm90(backend):
+    """The interpreter skips Triton's compiler, which rejects what it lets through (a module global that is not
+    a constexpr; .to() on an int argument that Triton specialised to the constexpr 1). Compiling to an sm_90
+    cubin needs no GPU; a subprocess, because under TRITON_INTERPRET=1 the kernels are interpreter objects."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("out_dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True)])
+@pytest.mark.parametrize("source,out_size", [((256, 256), 224), ((90, 61), (70, 45))])
+def test_triton_cuda_contract_tolerance(source, out_size, out_dtype, channels_last):
+    """The op contract's rule on the GPU (tf32x3 blur products, the GPU's exp and division), where the real-size
+    test above checks only the 1/255 bound."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    images = _images(4, *source, seed=9)
+    params = random_params(images, seed=9)
+    out = augment(images.cuda(), params.to("cuda"), out_size, MEAN, STD, out_dtype=out_dtype,
+                  channels_last=channels_last, backend="triton").cpu()
+    ref64 = augment_reference(images, params, out_size, MEAN, STD, out_dtype=torch.float64)
+    ref_same = augment_reference(images, params, out_size, MEAN, STD, out_dtype=out_dtype,
+                                 compute_dtype=torch.float32)
+    assert_error_within("triton augment (CUDA)", out, ref64, ref_same, atol=1e-5)
