@@ -14,7 +14,7 @@ sigma (0.1, 2) p = 0.5, solarize p = 0.2 (threshold 0.5), ImageNet normalisation
     CPU  `python benchmarks/bench_augment.py --device cpu` (also a pytest-benchmark entry): batch 64;
          reference (fastssl's per-sample PyTorch oracle, in float32), Kornia with per-sample parameters, cpp
          (fp32 and bf16, contiguous and channels_last). Parameter sampling is inside every timing.
-    GPU  `python benchmarks/bench_augment.py --device cuda`: batch 256; benchmarks/gpu_augment.py's rows.
+    GPU  `python benchmarks/bench_augment.py --device cuda` runs benchmarks/gpu_augment.py: batch 256.
 
 torch.compile of the reference is not timed: each sample's crop has its own shape, so it recompiles per sample.
 torchvision does not import beside this torch build; Kornia (pinned in the `bench` extra) is the peer.
@@ -167,7 +167,7 @@ def test_bench_augment_cpu(benchmark):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, help="default 64 (CPU), 256 (GPU)")
+    parser.add_argument("--batch", type=int, default=64, help="CPU batch (the GPU script uses 256)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--impls", nargs="*", default=["reference", "kornia", "cpp"])
     parser.add_argument("--budget-s", type=float, default=200.0, help="GPU: stop starting new cases after this")
@@ -176,13 +176,12 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     if args.device == "cuda":
         sys.path.insert(0, str(ROOT / "benchmarks"))
-        from gpu_augment import gpu_markdown, gpu_rows
+        from gpu_augment import main as gpu_main
 
-        rows = gpu_rows(args.budget_s, batch=args.batch or 256)
-        table = gpu_markdown(rows)
-    else:
-        rows = cpu_rows(args.batch or 64, args.reps, args.impls)
-        table = markdown(rows)
+        sys.argv = [sys.argv[0], "--budget-s", str(args.budget_s)] + (["--json", str(args.json)] if args.json else [])
+        raise SystemExit(gpu_main())
+    rows = cpu_rows(args.batch, args.reps, args.impls)
+    table = markdown(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print(table)
