@@ -4,8 +4,9 @@
 
 Builds the extension in place (pip install --no-deps --no-build-isolation -e .), runs the tests marked `gpu`
 (the Triton kernels on CUDA tensors against the float64 reference, and the memory bound), sweeps the Triton block
-sizes (benchmarks/tune_info_nce.py), then runs benchmarks/bench_contrastive.py on the GPU with the fastest
-configuration, and writes the log, the JSON rows and a Markdown table into DIR.
+sizes of the contrastive kernels (benchmarks/tune_info_nce.py), runs benchmarks/bench_contrastive.py on the GPU
+with the fastest configuration, then the augmentation and masking GPU benchmarks, and writes the logs, the JSON
+rows and a Markdown table into DIR.
 """
 
 from __future__ import annotations
@@ -76,8 +77,10 @@ def main() -> int:
         return 2
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_check_out")))
-    parser.add_argument("--bench-budget-s", type=float, default=200.0)
-    parser.add_argument("--tune-budget-s", type=float, default=100.0)
+    parser.add_argument("--bench-budget-s", type=float, default=150.0)
+    parser.add_argument("--tune-budget-s", type=float, default=60.0)
+    parser.add_argument("--augment-budget-s", type=float, default=60.0)
+    parser.add_argument("--masking-budget-s", type=float, default=45.0)
     parser.add_argument("--skip-build", action="store_true")
     parser.add_argument("--skip-tests", action="store_true")
     args = parser.parse_args()
@@ -101,6 +104,12 @@ def main() -> int:
         if tuned.exists():
             bench_cmd += ["--triton-config", str(tuned)]
         status["bench"] = run(bench_cmd, log, args.bench_budget_s + 120)
+        status["augment"] = run([sys.executable, "benchmarks/gpu_augment.py", "--budget-s",
+                                 str(args.augment_budget_s), "--json", str(args.out / "bench_augment.json")],
+                                log, args.augment_budget_s + 90)
+        status["masking"] = run([sys.executable, "benchmarks/bench_masking.py", "--device", "cuda", "--budget-s",
+                                 str(args.masking_budget_s), "--json", str(args.out / "bench_masking.json")],
+                                log, args.masking_budget_s + 60)
     if json_path.exists():
         table = markdown(json.loads(json_path.read_text()))
         (args.out / "bench_contrastive.md").write_text(table)
