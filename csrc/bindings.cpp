@@ -1,6 +1,7 @@
 // The one pybind11 module of fastssl: every C++ op binds here, one line each.
 #include <torch/extension.h>
 
+#include "augment.h"
 #include "info_nce.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -10,4 +11,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("info_nce_backward", &fastssl::info_nce_backward, "InfoNCE backward: (dq, dk, dscale)", release_gil());
   m.def("nt_xent_forward", &fastssl::nt_xent_forward, "NT-Xent forward: (loss_rows, lse)", release_gil());
   m.def("nt_xent_backward", &fastssl::nt_xent_backward, "NT-Xent backward: (dz, dscale)", release_gil());
+  m.def("augment", &fastssl::augment, "Per-sample SSL augmentation into out: (uint8 images) -> views", release_gil());
 }

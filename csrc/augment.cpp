@@ -1,0 +1,774 @@
+// Per-sample SSL augmentation on the CPU (semantics: augment_reference in fastssl/ops/augment.py).
+//
+// One sample, output row by output row:
+//  * resize: antialiased bilinear, separable. A source row of the crop is deinterleaved to planar floats and
+//    resampled horizontally (gathers through per-column taps, the flip and the 1/255 folded into them) into a ring
+//    of as many rows as the widest vertical filter; the output row is then a few contiguous FMA passes over rows of
+//    that ring. Every source row is resampled once and everything stays in L1.
+//  * the pointwise chain (jitter ops in the sample's order, grayscale) runs on that row while it is in L1, then
+//    solarize, normalise, convert and store. Without contrast and blur that is the whole op: one pass.
+//  * contrast needs the mean gray of the view at its point of the chain: the first pass applies the ops before it,
+//    stores the rows in a (out_h, C, out_w) float view (600 KiB for 224 x 224 RGB, L2-resident) and sums each row's
+//    gray in double as it goes; a second pass over the view applies contrast and the ops after it.
+//  * blur: per output row, the vertical Gaussian over reflected rows of the view, then the horizontal one over a
+//    reflect-padded copy of that row, then solarize, normalise, store. Taps whose normalised weight is below 1e-7
+//    are dropped and the rest renormalised: for sigma <= 2 (SimCLR's range) the dropped mass is below 1.1e-7, under
+//    the float32 rounding of an output near 2.
+// Parallelism: whole samples per thread (dynamic schedule); the last B mod T samples are split into row bands over
+// all threads, with barriers where a pass needs rows of other bands (the contrast mean, the vertical blur). Row sums
+// are per row and added in row order, so the result does not depend on the thread count or the mode.
+// Memory: one scratch block per thread (the view, the ring, the taps, a few rows) allocated once per call.
+#include "augment.h"
+
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
+namespace fastssl {
+namespace {
+
+using at::Tensor;
+
+// Columns of AugmentParams.packed() (fastssl/ops/augment.py).
+constexpr int64_t kTop = 0, kLeft = 1, kCropH = 2, kCropW = 3, kFlip = 4, kJitter = 5, kOrder = 6, kGray = 10,
+                  kSolarize = 11, kBlurSize = 12, kNumIntParams = 13;
+constexpr int64_t kBrightnessF = 0, kContrastF = 1, kSaturationF = 2, kHueF = 3, kSigmaF = 4, kThresholdF = 5,
+                  kNumFloatParams = 6;
+
+// Jitter op codes of the packed order (torchvision's fn_idx), and grayscale after them.
+enum OpCode : int { kBrightness = 0, kContrast = 1, kSaturation = 2, kHue = 3, kGrayscale = 4 };
+
+constexpr float kLuma0 = 0.2989f, kLuma1 = 0.587f, kLuma2 = 0.114f;  // ITU-R 601-2, torchvision's rgb_to_grayscale
+constexpr int64_t kLanes = 8;          // rows are padded to whole 8-float vectors
+constexpr double kBlurTapCutoff = 1e-7;
+
+using v8f = float __attribute__((vector_size(32)));
+using v8i = std::int32_t __attribute__((vector_size(32)));
+typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4), may_alias));
+
+inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_unaligned*>(p); }
+inline void store8(float* p, v8f x) { *reinterpret_cast<v8f_unaligned*>(p) = x; }
+inline v8f splat(float x) { return v8f{} + x; }
+inline v8f vmin(v8f a, v8f b) { return a < b ? a : b; }
+inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
+inline v8f clamp01(v8f x) { return vmin(vmax(x, splat(0.0f)), splat(1.0f)); }
+inline float clamp01(float x) { return std::min(std::max(x, 0.0f), 1.0f); }
+// floor for |x| < 2^31: truncate, then step down where truncation went up.
+inline v8f vfloor(v8f x) {
+  const v8f t = __builtin_convertvector(__builtin_convertvector(x, v8i), v8f);
+  return t > x ? t - 1.0f : t;
+}
+
+inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// numpy's 'reflect' (mirror without repeating the edge), any distance out; period 2 (n - 1).
+inline int64_t reflect(int64_t i, int64_t n) {
+  if (n == 1) return 0;
+  const int64_t period = 2 * (n - 1);
+  i %= period;
+  if (i < 0) i += period;
+  return i >= n ? period - i : i;
+}
+
+// The widest antialiased bilinear filter of an axis: PyTorch's ceil(support) * 2 + 1.
+int64_t max_resize_taps(int64_t in_size, int64_t out_size) {
+  const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
+  return static_cast<int64_t>(std::ceil(std::max(scale, 1.0))) * 2 + 1;
+}
+
+// Taps of F.interpolate(mode="bilinear", align_corners=False, antialias=True) along one axis (PyTorch's
+// _compute_indices_min_size_weights_aa with the triangle filter), in double: output i reads source
+// [start[i], start[i] + count[i]) with weights weight[i * stride + j] * gain. Zero weights at either end are dropped
+// (they add exactly 0). Returns the largest count.
+int64_t resize_taps(int64_t in_size, int64_t out_size, double gain, int64_t* start, int64_t* count, float* weight,
+                    int64_t stride) {
+  const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
+  const double support = scale >= 1.0 ? scale : 1.0;
+  const double invscale = scale >= 1.0 ? 1.0 / scale : 1.0;
+  int64_t widest = 0;
+  for (int64_t i = 0; i < out_size; ++i) {
+    const double center = scale * (static_cast<double>(i) + 0.5);
+    const int64_t lo = std::max(static_cast<int64_t>(center - support + 0.5), int64_t{0});
+    const int64_t hi = std::min(static_cast<int64_t>(center + support + 0.5), in_size);
+    const auto filter = [&](int64_t j) {
+      return std::max(0.0, 1.0 - std::abs((static_cast<double>(j + lo) - center + 0.5) * invscale));
+    };
+    double total = 0.0;
+    for (int64_t j = 0; j < hi - lo; ++j) total += filter(j);
+    int64_t first = 0, last = hi - lo;
+    while (first < last && filter(first) == 0.0) ++first;
+    while (last > first && filter(last - 1) == 0.0) --last;
+    start[i] = lo + first;
+    count[i] = last - first;
+    for (int64_t j = first; j < last; ++j) {
+      weight[i * stride + j - first] = static_cast<float>(filter(j) / total * gain);
+    }
+    widest = std::max(widest, count[i]);
+  }
+  return widest;
+}
+
+// torchvision's gaussian kernel of `size` taps, without the taps under kBlurTapCutoff (renormalised); returns the
+// radius kept. weight has 2 * radius + 1 entries.
+int64_t blur_taps(int64_t size, double sigma, float* weight) {
+  const int64_t half = (size - 1) / 2;
+  const auto pdf = [&](int64_t t) {
+    const double x = static_cast<double>(t) / sigma;
+    return std::exp(-0.5 * x * x);
+  };
+  double total = 0.0;
+  for (int64_t t = -half; t <= half; ++t) total += pdf(t);
+  int64_t radius = half;
+  while (radius > 0 && pdf(radius) / total < kBlurTapCutoff) --radius;
+  double kept = 0.0;
+  for (int64_t t = -radius; t <= radius; ++t) kept += pdf(t);
+  for (int64_t t = -radius; t <= radius; ++t) weight[t + radius] = static_cast<float>(pdf(t) / kept);
+  return radius;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Per-call sizes and per-thread scratch
+// ---------------------------------------------------------------------------------------------------------------
+
+struct Dims {
+  int64_t channels, out_h, out_w;
+  int64_t wp;             // out_w rounded up to a whole vector: the stride of every row buffer
+  int64_t kh_bound;       // widest horizontal filter over the batch
+  int64_t kv_bound;       // widest vertical filter over the batch
+  int64_t crop_w_pad;     // widest crop, rounded up to a vector
+  int64_t blur_size_max;  // largest blur kernel over the samples that blur
+};
+
+// Carves typed, 64-byte-aligned arrays out of one block; with base == nullptr it only counts the bytes.
+class Arena {
+ public:
+  explicit Arena(char* base) : base_(base) {}
+  template <typename T>
+  T* take(int64_t n) {
+    used_ = round_up(used_, 64);
+    T* p = base_ ? reinterpret_cast<T*>(base_ + used_) : nullptr;
+    used_ += static_cast<int64_t>(sizeof(T)) * std::max<int64_t>(n, 1);
+    return p;
+  }
+  int64_t used() const { return used_; }
+
+ private:
+  char* base_;
+  int64_t used_ = 0;
+};
+
+struct Scratch {
+  float* view;             // (out_h, C, wp): the view between passes
+  double* row_sums;        // (out_h,): sum of gray(x) over each row, for the contrast mean
+  float* ring;             // (kv_bound, C, wp): horizontally resampled source rows
+  int64_t* ring_rows;      // (kv_bound,): which source row each ring slot holds
+  float* source;           // (C, crop_w_pad): one source row of the crop, planar floats
+  int32_t* h_index;        // (kh_bound, wp): source column of tap j of output column x
+  float* h_weight;         // (kh_bound, wp)
+  int64_t* h_start;        // (out_w,) ... the horizontal taps before the transpose
+  int64_t* h_count;
+  float* h_taps;           // (out_w, kh_bound)
+  int64_t* v_start;        // (out_h,)
+  int64_t* v_count;        // (out_h,)
+  float* v_weight;         // (out_h, kv_bound)
+  float* blur_weight;      // (blur_size_max,)
+  const float** blur_rows; // (blur_size_max,)
+  float* row;              // (C, wp): an output row when it does not live in the view
+  float* column_blur;      // (C, wp): a row after the vertical blur
+  float* padded;           // (wp + blur_size_max): one channel of that row, reflect-padded
+  float* normalised;       // (C, wp)
+  uint16_t* half_bits;     // (C, wp): bfloat16 / float16 bits before the store
+
+  Scratch(Arena& a, const Dims& d) {
+    const int64_t c = d.channels, row_floats = c * d.wp;
+    view = a.take<float>(d.out_h * row_floats);
+    row_sums = a.take<double>(d.out_h);
+    ring = a.take<float>(d.kv_bound * row_floats);
+    ring_rows = a.take<int64_t>(d.kv_bound);
+    source = a.take<float>(c * d.crop_w_pad);
+    h_index = a.take<int32_t>(d.kh_bound * d.wp);
+    h_weight = a.take<float>(d.kh_bound * d.wp);
+    h_start = a.take<int64_t>(d.out_w);
+    h_count = a.take<int64_t>(d.out_w);
+    h_taps = a.take<float>(d.out_w * d.kh_bound);
+    v_start = a.take<int64_t>(d.out_h);
+    v_count = a.take<int64_t>(d.out_h);
+    v_weight = a.take<float>(d.out_h * d.kv_bound);
+    blur_weight = a.take<float>(d.blur_size_max);
+    blur_rows = a.take<const float*>(d.blur_size_max);
+    row = a.take<float>(row_floats);
+    column_blur = a.take<float>(row_floats);
+    padded = a.take<float>(d.wp + d.blur_size_max);
+    normalised = a.take<float>(row_floats);
+    half_bits = a.take<uint16_t>(row_floats);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// One sample's parameters and its derived plan
+// ---------------------------------------------------------------------------------------------------------------
+
+struct PointOp {
+  int code;
+  float factor;
+};
+
+struct Sample {
+  const uint8_t* image;
+  int64_t width;  // of the source image, in pixels
+  int64_t top, left, crop_h, crop_w;
+  bool flip, solarize;
+  float threshold;
+  // The pointwise chain split at contrast: ops[0, n_pre) before it, then contrast when has_contrast, then
+  // ops[n_pre, n_ops). Grayscale is the last op when the sample has it.
+  PointOp ops[5];
+  int n_pre = 0, n_ops = 0;
+  bool has_contrast = false;
+  float contrast = 1.0f;
+  float sigma;
+  int64_t blur_size;
+};
+
+Sample read_sample(int64_t b, int64_t channels, const uint8_t* data, const int64_t* offsets, const int64_t* widths,
+                   const int64_t* ip, const float* fp) {
+  const int64_t* p = ip + b * kNumIntParams;
+  const float* f = fp + b * kNumFloatParams;
+  Sample s;
+  s.image = data + offsets[b];
+  s.width = widths[b];
+  s.top = p[kTop];
+  s.left = p[kLeft];
+  s.crop_h = p[kCropH];
+  s.crop_w = p[kCropW];
+  s.flip = p[kFlip] != 0;
+  s.solarize = p[kSolarize] != 0;
+  s.threshold = f[kThresholdF];
+  s.sigma = f[kSigmaF];
+  s.blur_size = p[kBlurSize];
+  if (p[kJitter] != 0) {
+    for (int k = 0; k < 4; ++k) {
+      const int code = static_cast<int>(p[kOrder + k]);
+      if (code == kContrast) {
+        s.has_contrast = true;
+        s.contrast = f[kContrastF];
+        s.n_pre = s.n_ops;
+      } else if (code == kBrightness) {
+        s.ops[s.n_ops++] = {kBrightness, f[kBrightnessF]};
+      } else if (channels == 3) {  // saturation and hue leave one channel unchanged
+        s.ops[s.n_ops++] = {code, f[code == kSaturation ? kSaturationF : kHueF]};
+      }
+    }
+  }
+  if (p[kGray] != 0 && channels == 3) s.ops[s.n_ops++] = {kGrayscale, 0.0f};
+  if (!s.has_contrast) s.n_pre = s.n_ops;
+  return s;
+}
+
+struct Plan {
+  int64_t kh;           // taps per output column (zero-padded to the widest)
+  int64_t ring_slots;   // widest vertical filter
+  int64_t blur_radius;  // -1: no blur
+};
+
+Plan make_plan(const Sample& s, const Dims& d, Scratch& w) {
+  Plan plan;
+  const int64_t kh = resize_taps(s.crop_w, d.out_w, 1.0 / 255.0, w.h_start, w.h_count, w.h_taps, d.kh_bound);
+  plan.kh = kh;
+  for (int64_t x = 0; x < d.wp; ++x) {
+    const int64_t src = x < d.out_w ? (s.flip ? d.out_w - 1 - x : x) : -1;
+    for (int64_t j = 0; j < kh; ++j) {
+      const bool live = src >= 0 && j < w.h_count[src];
+      w.h_index[j * d.wp + x] = static_cast<int32_t>(src >= 0 ? w.h_start[src] + (live ? j : 0) : 0);
+      w.h_weight[j * d.wp + x] = live ? w.h_taps[src * d.kh_bound + j] : 0.0f;
+    }
+  }
+  plan.ring_slots = resize_taps(s.crop_h, d.out_h, 1.0, w.v_start, w.v_count, w.v_weight, d.kv_bound);
+  plan.blur_radius = s.sigma > 0.0f ? blur_taps(s.blur_size, s.sigma, w.blur_weight) : -1;
+  return plan;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Row kernels. A row is C planes of wp floats, plane stride wp; lanes past out_w hold finite junk never stored.
+// ---------------------------------------------------------------------------------------------------------------
+
+// Source row `src_row` of the crop, resampled horizontally into dst (C, wp).
+template <int C>
+void resample_source_row(const Sample& s, const Dims& d, const Plan& plan, const Scratch& w, int64_t src_row,
+                         float* dst) {
+  const uint8_t* pixels = s.image + ((s.top + src_row) * s.width + s.left) * C;
+  const int64_t cw = s.crop_w, cwp = d.crop_w_pad, wp = d.wp;
+  float* planar = w.source;
+  for (int c = 0; c < C; ++c) {
+    float* out = planar + c * cwp;
+#pragma omp simd
+    for (int64_t x = 0; x < cw; ++x) out[x] = static_cast<float>(pixels[x * C + c]);
+  }
+  for (int c = 0; c < C; ++c) {
+    const float* in = planar + c * cwp;
+    float* out = dst + c * wp;
+    const int32_t* index = w.h_index;
+    const float* weight = w.h_weight;
+#pragma omp simd
+    for (int64_t x = 0; x < wp; ++x) out[x] = weight[x] * in[index[x]];
+    for (int64_t j = 1; j < plan.kh; ++j) {
+      index = w.h_index + j * wp;
+      weight = w.h_weight + j * wp;
+#pragma omp simd
+      for (int64_t x = 0; x < wp; ++x) out[x] += weight[x] * in[index[x]];
+    }
+  }
+}
+
+// Output row y of the resized (and flipped) crop into dst (C, wp), through the ring of resampled source rows.
+template <int C>
+void resize_row(const Sample& s, const Dims& d, const Plan& plan, Scratch& w, int64_t y, float* dst) {
+  const int64_t wp = d.wp, row_floats = C * wp, start = w.v_start[y], count = w.v_count[y];
+  const float* weights = w.v_weight + y * d.kv_bound;
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t r = start + j, slot = r % plan.ring_slots;
+    float* ring_row = w.ring + slot * row_floats;
+    if (w.ring_rows[slot] != r) {
+      resample_source_row<C>(s, d, plan, w, r, ring_row);
+      w.ring_rows[slot] = r;
+    }
+    const float wt = weights[j];
+    if (j == 0) {
+#pragma omp simd
+      for (int64_t i = 0; i < row_floats; ++i) dst[i] = wt * ring_row[i];
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < row_floats; ++i) dst[i] += wt * ring_row[i];
+    }
+  }
+}
+
+template <int C>
+inline float gray_at(const float* row, int64_t wp, int64_t x) {
+  if constexpr (C == 1) {
+    return row[x];
+  } else {
+    return kLuma0 * row[x] + kLuma1 * row[wp + x] + kLuma2 * row[2 * wp + x];
+  }
+}
+
+// torchvision's adjust_hue on one row: _rgb2hsv, h = (h + shift) mod 1, _hsv2rgb, branch-free on 8 pixels at a
+// time (selects instead of the reference's masks and gather).
+void hue_row(float* r, float* g, float* b, int64_t wp, float shift) {
+  const v8f one = splat(1.0f);
+  for (int64_t x = 0; x < wp; x += kLanes) {
+    const v8f red = load8(r + x), green = load8(g + x), blue = load8(b + x);
+    const v8f maxc = vmax(vmax(red, green), blue), minc = vmin(vmin(red, green), blue);
+    const v8i equal = maxc == minc;
+    const v8f chroma = maxc - minc;
+    const v8f sat = chroma / (equal ? one : maxc);
+    const v8f inv = one / (equal ? one : chroma);
+    const v8f rc = (maxc - red) * inv, gc = (maxc - green) * inv, bc = (maxc - blue) * inv;
+    v8f h = maxc == red ? bc - gc : (maxc == green ? 2.0f + rc - bc : 4.0f + gc - rc);
+    h = h * (1.0f / 6.0f) + 1.0f;  // in [5/6, 11/6], so fmod(h, 1) = h - floor(h)
+    h -= vfloor(h);
+    h += shift;
+    h -= vfloor(h);  // torch.remainder(h, 1)
+    const v8f h6 = h * 6.0f;
+    v8f sector = vfloor(h6);
+    const v8f f = h6 - sector;
+    sector = sector >= 6.0f ? splat(0.0f) : sector;  // h rounded up to 1: sector 0 with f = 0 is the same colour
+    const v8f v = maxc;
+    const v8f p = clamp01(v * (one - sat));
+    const v8f q = clamp01(v * (one - sat * f));
+    const v8f t = clamp01(v * (one - sat * (one - f)));
+    const v8i s0 = sector == 0.0f, s1 = sector == 1.0f, s2 = sector == 2.0f, s3 = sector == 3.0f,
+              s4 = sector == 4.0f, s5 = sector == 5.0f;
+    store8(r + x, (s0 | s5) ? v : s1 ? q : s4 ? t : p);
+    store8(g + x, (s1 | s2) ? v : s0 ? t : s3 ? q : p);
+    store8(b + x, (s3 | s4) ? v : s2 ? t : s5 ? q : p);
+  }
+}
+
+template <int C>
+void apply_op(const PointOp& op, float* row, int64_t wp) {
+  const float k = op.factor;
+  switch (op.code) {
+    case kBrightness:
+#pragma omp simd
+      for (int64_t i = 0; i < C * wp; ++i) row[i] = clamp01(k * row[i]);
+      break;
+    case kSaturation:
+      if constexpr (C == 3) {
+#pragma omp simd
+        for (int64_t x = 0; x < wp; ++x) {
+          const float g = (1.0f - k) * gray_at<3>(row, wp, x);
+          row[x] = clamp01(k * row[x] + g);
+          row[wp + x] = clamp01(k * row[wp + x] + g);
+          row[2 * wp + x] = clamp01(k * row[2 * wp + x] + g);
+        }
+      }
+      break;
+    case kHue:
+      if constexpr (C == 3) hue_row(row, row + wp, row + 2 * wp, wp, k);
+      break;
+    case kGrayscale:
+      if constexpr (C == 3) {
+#pragma omp simd
+        for (int64_t x = 0; x < wp; ++x) {
+          const float g = gray_at<3>(row, wp, x);
+          row[x] = g;
+          row[wp + x] = g;
+          row[2 * wp + x] = g;
+        }
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+template <int C>
+void apply_contrast(float* row, int64_t wp, float factor, float mean) {
+  const float offset = (1.0f - factor) * mean;
+#pragma omp simd
+  for (int64_t i = 0; i < C * wp; ++i) row[i] = clamp01(factor * row[i] + offset);
+}
+
+template <int C>
+double gray_sum(const float* row, int64_t wp, int64_t n) {
+  double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t x = 0; x < n; ++x) sum += static_cast<double>(gray_at<C>(row, wp, x));
+  return sum;
+}
+
+// out[x] = sum_t weight[t] * tap(t)[x] for x < wp (a multiple of 8), four vectors of x per sweep over the taps.
+template <typename Tap>
+void fir(int64_t taps, const float* weight, Tap tap, float* out, int64_t wp) {
+  int64_t x = 0;
+  for (; x + 4 * kLanes <= wp; x += 4 * kLanes) {
+    v8f a0{}, a1{}, a2{}, a3{};
+    for (int64_t t = 0; t < taps; ++t) {
+      const v8f k = splat(weight[t]);
+      const float* p = tap(t) + x;
+      a0 += k * load8(p);
+      a1 += k * load8(p + kLanes);
+      a2 += k * load8(p + 2 * kLanes);
+      a3 += k * load8(p + 3 * kLanes);
+    }
+    store8(out + x, a0);
+    store8(out + x + kLanes, a1);
+    store8(out + x + 2 * kLanes, a2);
+    store8(out + x + 3 * kLanes, a3);
+  }
+  for (; x < wp; x += kLanes) {
+    v8f a{};
+    for (int64_t t = 0; t < taps; ++t) a += splat(weight[t]) * load8(tap(t) + x);
+    store8(out + x, a);
+  }
+}
+
+// Vertical then horizontal Gaussian of output row y of the view (both reflect-padded) into dst (C, wp).
+template <int C>
+void blur_row(const Dims& d, const Plan& plan, Scratch& w, int64_t y, float* dst) {
+  const int64_t wp = d.wp, n = d.out_w, radius = plan.blur_radius, taps = 2 * radius + 1;
+  const float** rows = w.blur_rows;
+  for (int64_t t = 0; t < taps; ++t) rows[t] = w.view + reflect(y + t - radius, d.out_h) * C * wp;
+  for (int c = 0; c < C; ++c) {
+    float* col = w.column_blur + c * wp;
+    fir(taps, w.blur_weight, [&](int64_t t) { return rows[t] + c * wp; }, col, wp);
+    float* pad = w.padded;
+    std::memcpy(pad + radius, col, sizeof(float) * n);
+    for (int64_t i = 0; i < radius; ++i) {
+      pad[i] = col[reflect(i - radius, n)];
+      pad[radius + n + i] = col[reflect(n + i, n)];
+    }
+    std::fill(pad + n + 2 * radius, pad + wp + 2 * radius, 0.0f);
+    fir(taps, w.blur_weight, [&](int64_t t) { return pad + t; }, dst + c * wp, wp);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Store: solarize, normalise, convert, write through out's strides
+// ---------------------------------------------------------------------------------------------------------------
+
+struct Output {
+  char* data;
+  int64_t sb, sc, sh, sw;  // element strides
+  const float* mean;
+  const float* inv_std;
+};
+
+inline uint16_t bfloat16_bits(float v) {  // round to nearest even (no NaN reaches here)
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+template <typename T>
+void to_half_bits(const float* in, uint16_t* out, int64_t n) {
+  if constexpr (std::is_same_v<T, at::BFloat16>) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = bfloat16_bits(in[i]);
+  } else {
+#ifdef __F16C__
+    for (int64_t i = 0; i < n; i += kLanes) {  // n is a whole number of vectors
+      const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
+    }
+#else
+    for (int64_t i = 0; i < n; ++i) out[i] = at::Half(in[i]).x;
+#endif
+  }
+}
+
+template <typename T, int C>
+void store_row(const Sample& s, const Dims& d, Scratch& w, const Output& o, int64_t b, int64_t y, const float* row) {
+  using Bits = std::conditional_t<std::is_same_v<T, float>, float, uint16_t>;
+  const int64_t wp = d.wp, n = d.out_w;
+  float* norm = w.normalised;
+  const float threshold = s.solarize ? s.threshold : 2.0f;  // values never reach 2: no solarize
+  for (int c = 0; c < C; ++c) {
+    const float mean = o.mean[c], inv_std = o.inv_std[c];
+    const float* in = row + c * wp;
+    float* out = norm + c * wp;
+#pragma omp simd
+    for (int64_t x = 0; x < wp; ++x) {
+      const float v = in[x] >= threshold ? 1.0f - in[x] : in[x];
+      out[x] = (v - mean) * inv_std;
+    }
+  }
+  const Bits* bits;
+  if constexpr (std::is_same_v<T, float>) {
+    bits = norm;
+  } else {
+    to_half_bits<T>(norm, w.half_bits, C * wp);
+    bits = w.half_bits;
+  }
+  Bits* base = reinterpret_cast<Bits*>(o.data) + b * o.sb + y * o.sh;
+  if (o.sw == 1) {
+    for (int c = 0; c < C; ++c) std::memcpy(base + c * o.sc, bits + c * wp, sizeof(Bits) * n);
+  } else if (o.sc == 1 && o.sw == C) {
+#pragma omp simd
+    for (int64_t x = 0; x < n; ++x) {
+      for (int c = 0; c < C; ++c) base[x * C + c] = bits[c * wp + x];
+    }
+  } else {
+    for (int c = 0; c < C; ++c) {
+      for (int64_t x = 0; x < n; ++x) base[c * o.sc + x * o.sw] = bits[c * wp + x];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// One sample on a band of rows [tid * out_h / team, (tid + 1) * out_h / team); team == 1 is the whole sample on
+// one thread. In a band, every thread of the team calls this with the same sample (same passes, same barriers) and
+// `view`, `row_sums` are shared.
+// ---------------------------------------------------------------------------------------------------------------
+
+template <typename T, int C>
+void run_sample(const Sample& s, const Dims& d, Scratch& w, float* view, double* row_sums, const Output& o,
+                int64_t b, int tid, int team) {
+  const Plan plan = make_plan(s, d, w);
+  const int64_t wp = d.wp, row_floats = C * wp;
+  const int64_t y0 = d.out_h * tid / team, y1 = d.out_h * (tid + 1) / team;
+  const bool blur = plan.blur_radius >= 0;
+  const bool direct = !s.has_contrast && !blur;
+  w.view = view;
+  std::fill(w.ring_rows, w.ring_rows + plan.ring_slots, int64_t{-1});
+  for (int64_t y = y0; y < y1; ++y) {
+    float* row = direct ? w.row : view + y * row_floats;
+    resize_row<C>(s, d, plan, w, y, row);
+    for (int k = 0; k < s.n_pre; ++k) apply_op<C>(s.ops[k], row, wp);
+    if (s.has_contrast) row_sums[y] = gray_sum<C>(row, wp, d.out_w);
+    if (direct) store_row<T, C>(s, d, w, o, b, y, row);
+  }
+  if (s.has_contrast) {
+    if (team > 1) {
+#pragma omp barrier
+    }
+    double total = 0.0;
+    for (int64_t y = 0; y < d.out_h; ++y) total += row_sums[y];
+    const float mean = static_cast<float>(total / static_cast<double>(d.out_h * d.out_w));
+    for (int64_t y = y0; y < y1; ++y) {
+      float* row = view + y * row_floats;
+      apply_contrast<C>(row, wp, s.contrast, mean);
+      for (int k = s.n_pre; k < s.n_ops; ++k) apply_op<C>(s.ops[k], row, wp);
+      if (!blur) store_row<T, C>(s, d, w, o, b, y, row);
+    }
+  }
+  if (blur) {
+    if (team > 1) {
+#pragma omp barrier
+    }
+    for (int64_t y = y0; y < y1; ++y) {
+      blur_row<C>(d, plan, w, y, w.row);
+      store_row<T, C>(s, d, w, o, b, y, w.row);
+    }
+  }
+  if (team > 1) {  // the next sample overwrites the shared view
+#pragma omp barrier
+  }
+}
+
+template <typename T, int C>
+void run_batch(const Dims& d, int64_t batch, int threads, const std::vector<Sample>& samples, const Output& o) {
+  Arena sizing(nullptr);
+  Scratch probe(sizing, d);
+  (void)probe;
+  const int64_t per_thread = round_up(sizing.used(), 64);
+  std::unique_ptr<char[]> block(new char[per_thread * threads + 64]);
+  char* base = reinterpret_cast<char*>(round_up(reinterpret_cast<int64_t>(block.get()), 64));
+  // Whole samples per thread while every thread gets one; the rest in row bands over the whole team.
+  const int64_t whole = threads > 1 ? batch / threads * threads : batch;
+  float* shared_view = nullptr;
+  double* shared_sums = nullptr;
+  {
+    Arena a(base);
+    Scratch first(a, d);
+    shared_view = first.view;
+    shared_sums = first.row_sums;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+    Arena a(base + tid * per_thread);
+    Scratch w(a, d);
+    float* own_view = w.view;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < whole; ++b) run_sample<T, C>(samples[b], d, w, own_view, w.row_sums, o, b, 0, 1);
+    for (int64_t b = whole; b < batch; ++b) {
+      run_sample<T, C>(samples[b], d, w, shared_view, shared_sums, o, b, tid, team);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Checks
+// ---------------------------------------------------------------------------------------------------------------
+
+void check_vector(const Tensor& x, const char* name, int64_t n, at::ScalarType dtype) {
+  TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor, got device ", x.device());
+  TORCH_CHECK(x.dim() == 1 && x.size(0) == n, name, " must have shape (", n, ",), got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == dtype, name, " must be ", dtype, ", got ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
+}
+
+void check_matrix(const Tensor& x, const char* name, int64_t rows, int64_t cols, at::ScalarType dtype) {
+  TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor, got device ", x.device());
+  TORCH_CHECK(x.dim() == 2 && x.size(0) == rows && x.size(1) == cols, name, " must have shape (", rows, ", ", cols,
+              "), got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == dtype, name, " must be ", dtype, ", got ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
+}
+
+// Values that would make the kernel read outside its buffers (the Python layer checks them all with clearer words).
+void check_sample(int64_t b, int64_t channels, int64_t total, const int64_t* offsets, const int64_t* heights,
+                  const int64_t* widths, const int64_t* ip, const float* fp) {
+  const int64_t* p = ip + b * kNumIntParams;
+  const int64_t h = heights[b], w = widths[b];
+  TORCH_CHECK(h >= 1 && w >= 1, "heights/widths: image ", b, " is ", h, "x", w, "; every image needs at least 1x1");
+  TORCH_CHECK(offsets[b] >= 0 && offsets[b] + h * w * channels <= total, "offsets: image ", b,
+              " runs past the end of data (", total, " bytes)");
+  TORCH_CHECK(p[kTop] >= 0 && p[kLeft] >= 0 && p[kCropH] >= 1 && p[kCropW] >= 1 && p[kTop] + p[kCropH] <= h &&
+                  p[kLeft] + p[kCropW] <= w,
+              "int_params: crop box (", p[kTop], ", ", p[kLeft], ", ", p[kCropH], ", ", p[kCropW], ") of sample ",
+              b, " is not inside its ", h, "x", w, " image");
+  int seen = 0;
+  for (int k = 0; k < 4; ++k) {
+    const int64_t code = p[kOrder + k];
+    TORCH_CHECK(code >= 0 && code < 4 && !(seen & (1 << code)), "int_params: jitter order of sample ", b,
+                " is not a permutation of 0..3");
+    seen |= 1 << code;
+  }
+  const float sigma = fp[b * kNumFloatParams + kSigmaF];
+  TORCH_CHECK(std::isfinite(sigma) && sigma >= 0.0f, "float_params: blur sigma of sample ", b, " must be >= 0, got ",
+              sigma);
+  TORCH_CHECK(sigma == 0.0f || (p[kBlurSize] >= 1 && p[kBlurSize] % 2 == 1), "int_params: blur size of sample ", b,
+              " must be odd and >= 1, got ", p[kBlurSize]);
+}
+
+}  // namespace
+
+void augment(const Tensor& data, const Tensor& offsets, const Tensor& heights, const Tensor& widths,
+             int64_t channels, const Tensor& int_params, const Tensor& float_params, const Tensor& mean,
+             const Tensor& std_dev, Tensor out) {
+  TORCH_CHECK(channels == 1 || channels == 3, "channels must be 1 or 3, got ", channels);
+  TORCH_CHECK(data.device().is_cpu(), "data must be a CPU tensor, got device ", data.device());
+  TORCH_CHECK(data.dim() == 1 && data.scalar_type() == at::kByte && data.is_contiguous(),
+              "data must be a contiguous flat uint8 tensor, got ", data.scalar_type(), " ", data.sizes());
+  TORCH_CHECK(offsets.dim() == 1, "offsets must have shape (B,), got ", offsets.sizes());
+  const int64_t batch = offsets.size(0);
+  TORCH_CHECK(batch >= 1, "offsets: empty batch");
+  check_vector(offsets, "offsets", batch, at::kLong);
+  check_vector(heights, "heights", batch, at::kLong);
+  check_vector(widths, "widths", batch, at::kLong);
+  check_matrix(int_params, "int_params", batch, kNumIntParams, at::kLong);
+  check_matrix(float_params, "float_params", batch, kNumFloatParams, at::kFloat);
+  check_vector(mean, "mean", channels, at::kFloat);
+  check_vector(std_dev, "std", channels, at::kFloat);
+  TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor, got device ", out.device());
+  TORCH_CHECK(out.dim() == 4 && out.size(0) == batch && out.size(1) == channels && out.size(2) >= 1 &&
+                  out.size(3) >= 1,
+              "out must have shape (", batch, ", ", channels, ", out_h, out_w), got ", out.sizes());
+  const auto out_dtype = out.scalar_type();
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf,
+              "out must be float32, bfloat16 or float16, got ", out_dtype);
+
+  const uint8_t* data_p = data.data_ptr<uint8_t>();
+  const int64_t* off_p = offsets.data_ptr<int64_t>();
+  const int64_t* h_p = heights.data_ptr<int64_t>();
+  const int64_t* w_p = widths.data_ptr<int64_t>();
+  const int64_t* ip = int_params.data_ptr<int64_t>();
+  const float* fp = float_params.data_ptr<float>();
+
+  Dims d;
+  d.channels = channels;
+  d.out_h = out.size(2);
+  d.out_w = out.size(3);
+  d.wp = round_up(d.out_w, kLanes);
+  d.kh_bound = d.kv_bound = 1;
+  d.crop_w_pad = kLanes;
+  d.blur_size_max = 1;
+  std::vector<Sample> samples;
+  samples.reserve(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) {
+    check_sample(b, channels, data.numel(), off_p, h_p, w_p, ip, fp);
+    samples.push_back(read_sample(b, channels, data_p, off_p, w_p, ip, fp));
+    const Sample& s = samples.back();
+    d.kh_bound = std::max(d.kh_bound, max_resize_taps(s.crop_w, d.out_w));
+    d.kv_bound = std::max(d.kv_bound, max_resize_taps(s.crop_h, d.out_h));
+    d.crop_w_pad = std::max(d.crop_w_pad, round_up(s.crop_w, kLanes));
+    if (s.sigma > 0.0f) d.blur_size_max = std::max(d.blur_size_max, s.blur_size);
+  }
+  TORCH_CHECK(d.crop_w_pad < (int64_t{1} << 31), "int_params: crops wider than 2^31 pixels are not supported");
+
+  float inv_std[3];
+  const float* std_p = std_dev.data_ptr<float>();
+  for (int64_t c = 0; c < channels; ++c) {
+    TORCH_CHECK(std_p[c] != 0.0f, "std: contains 0 at channel ", c);
+    inv_std[c] = 1.0f / std_p[c];
+  }
+  const Output o{static_cast<char*>(out.data_ptr()), out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+                 mean.data_ptr<float>(), inv_std};
+  const int threads = std::max(1, at::get_num_threads());
+
+  if (out_dtype == at::kFloat) {
+    channels == 3 ? run_batch<float, 3>(d, batch, threads, samples, o)
+                  : run_batch<float, 1>(d, batch, threads, samples, o);
+  } else if (out_dtype == at::kBFloat16) {
+    channels == 3 ? run_batch<at::BFloat16, 3>(d, batch, threads, samples, o)
+                  : run_batch<at::BFloat16, 1>(d, batch, threads, samples, o);
+  } else {
+    channels == 3 ? run_batch<at::Half, 3>(d, batch, threads, samples, o)
+                  : run_batch<at::Half, 1>(d, batch, threads, samples, o);
+  }
+}
+
+}  // namespace fastssl
