@@ -2,7 +2,8 @@
 
 torch.nn.SyncBatchNorm refuses CPU tensors. SimCLR, BYOL and the other methods that normalise over the batch
 need the statistics of the global batch for one process and K processes to train alike, so on CPU the sums are
-all-reduced here with torch.distributed.nn's differentiable all_reduce; on CUDA this defers to SyncBatchNorm.
+all-reduced here with torch.distributed.nn's differentiable all_reduce; on CUDA convert_global_batchnorm uses
+SyncBatchNorm.
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ import torch.distributed as dist
 from torch import nn
 
 
-class GlobalBatchNorm(nn.SyncBatchNorm):
-    """SyncBatchNorm that also works on CPU tensors (gloo). Outside a multi-process job it is plain BatchNorm."""
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch of a CPU (gloo) job. Outside a multi-process job it is plain BatchNorm.
+    (Not a SyncBatchNorm subclass: DistributedDataParallel refuses those on CPU modules.)"""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"input: expected at least 2-D (batch, channels, ...), got {input.dim()}-D")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         distributed = self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if not distributed or input.device.type != "cpu":
+        if not distributed:
             return super().forward(input)
         from torch.distributed.nn.functional import all_reduce
 
@@ -42,8 +48,11 @@ class GlobalBatchNorm(nn.SyncBatchNorm):
         return out.to(input.dtype)
 
 
-def convert_global_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm*d in ``module`` by :class:`GlobalBatchNorm`, keeping parameters and statistics."""
+def convert_global_batchnorm(module: nn.Module, device: torch.device = torch.device("cpu")) -> nn.Module:
+    """Normalise over the global batch: on CUDA, torch's SyncBatchNorm; on CPU, every BatchNorm*d becomes a
+    :class:`GlobalBatchNorm`, keeping parameters and statistics."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
         converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                     module.track_running_stats)
@@ -60,5 +69,5 @@ def convert_global_batchnorm(module: nn.Module) -> nn.Module:
         converted.train(module.training)
         return converted
     for name, child in module.named_children():
-        module.add_module(name, convert_global_batchnorm(child))
+        module.add_module(name, convert_global_batchnorm(child, device))
     return module

@@ -137,7 +137,7 @@ class Trainer:
         if dist_info.world > 1 and self.method_cls.global_batchnorm:
             from fastssl.nn.batchnorm import convert_global_batchnorm
 
-            convert_global_batchnorm(self.method)
+            self.method = convert_global_batchnorm(self.method, device)
         self.method.to(device)
         self.channels_last = (cfg.channels_last if cfg.channels_last is not None
                               else device.type == "cuda" and self.method_cls.convolutional(self.method))

@@ -2,8 +2,10 @@
 
 Each rank reads its half of every global batch, draws the augmentation parameters of the global batch and takes its
 slice, normalises with BatchNorm statistics of the global batch (GlobalBatchNorm, as SyncBatchNorm does on GPUs),
-and computes the contrastive loss against every rank's negatives; DDP averages the gradients. After two optimizer
-steps the weights must match the single-process run up to float32 reassociation.
+and computes the contrastive loss against every rank's negatives; DDP averages the gradients. After one large SGD
+step (weights move by up to ~0.2) the weights and BN statistics must match the single-process run up to float32
+reassociation (measured: <= 2e-6). A second step is not compared: on this tiny network it amplifies reassociation
+noise to ~1e-4 even between two single-process runs with 1 and 2 threads.
 """
 
 import os
@@ -20,11 +22,12 @@ from tests.conftest import require_cpp
 WORLD = 2
 
 
-def _config(data, out, method):
+def _config(data, out, method, max_steps=1):
     method_args = {"proj_hidden_dim": 64, "pred_hidden_dim": 64} if method == "byol" else {}
     return TrainConfig(method=method, data=str(data), out=str(out), backbone="resnet18",
-                       backbone_args={"width": 0.125}, method_args=method_args, batch_size=16, max_steps=2,
-                       device="cpu", progress=False, log_every=1, eval_at_end=False, warmup_fraction=0.0, lr=0.5)
+                       backbone_args={"width": 0.125}, method_args=method_args, batch_size=16, max_steps=max_steps,
+                       device="cpu", progress=False, log_every=1, eval_at_end=False, warmup_fraction=0.0,
+                       optimizer="sgd", lr=2.0)
 
 
 def _worker(rank, port, data, out, method):
@@ -58,7 +61,11 @@ def test_two_processes_match_one(method, cifar_slice, tmp_path):
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     one = load_checkpoint(tmp_path / "one" / "last.pt")
     two = load_checkpoint(tmp_path / "two" / "last.pt")
-    assert one["step"] == two["step"] == 2 and two["world"] == WORLD
+    assert one["step"] == two["step"] == 1 and two["world"] == WORLD
+    Trainer(_config(cifar_slice, tmp_path / "init", method, max_steps=0)).run()
+    init = load_checkpoint(tmp_path / "init" / "last.pt")["method_state"]
+    moved = max((one["method_state"][k] - v).abs().max().item() for k, v in init.items() if v.is_floating_point())
+    assert moved > 1e-2, f"the steps barely moved the weights ({moved:.2g}): the comparison would prove nothing"
     compared = 0
     for key, a in one["method_state"].items():
         b = two["method_state"][key]

@@ -18,7 +18,7 @@ from fastssl.train.checkpoint import load_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(backbone="resnet18", backbone_args={"width": 0.125}, batch_size=32, device="cpu", progress=False,
              log_every=1, eval_at_end=False)
-SMALL_METHOD_ARGS = {"simclr": {}, "moco_v2": {"queue_size": 256}, "byol": {"proj_hidden_dim": 128,
+SMALL_METHOD_ARGS = {"simclr": {}, "moco_v2": {"queue_size": 32}, "byol": {"proj_hidden_dim": 128,
                                                                             "pred_hidden_dim": 128}}
 
 
@@ -42,17 +42,18 @@ def test_config_yaml_round_trip(tmp_path):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_loss_is_finite_and_decreases(method, cifar_slice, tmp_path):
-    """A few steps on real CIFAR-10 images with a fixed batch order: the loss goes down."""
-    cfg = _config(cifar_slice, tmp_path, method, max_steps=12, lr=0.05 if method == "moco_v2" else 0.5,
-                  warmup_fraction=0.0)
+    """A few steps on real CIFAR-10 images: the loss goes down. (MoCo's queue of 32 holds real keys from step 2 on;
+    its first loss, against the random initial queue, is not comparable.)"""
+    lr = {"simclr": 8.0, "byol": 8.0, "moco_v2": 0.5}[method]  # LARS steps are lr * 0.001 * ||w||: small batch
+    cfg = _config(cifar_slice, tmp_path, method, max_steps=16, lr=lr, warmup_fraction=0.0)
     summary = Trainer(cfg).run()
-    assert summary["step"] == 12
+    assert summary["step"] == 16
     import csv
 
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     losses = [float(r["loss"]) for r in rows]
-    assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, losses
+    assert len(losses) == 16 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-4:]) / 4 < sum(losses[1:5]) / 4, losses
     assert {"step", "loss", "lr", "images_per_s"} <= set(rows[0])
     assert (tmp_path / "last.pt").exists() and (tmp_path / "loss.png").exists()
 
