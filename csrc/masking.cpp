@@ -39,8 +39,8 @@ using stats_t = std::conditional_t<std::is_same_v<T, float> || std::is_same_v<T,
 
 constexpr double kNormEps = 1e-6;  // MAE: (target - mean) / (var + 1.e-6) ** .5
 constexpr int64_t kLanes = 8;      // independent partial sums: breaks the add latency chain and vectorises
-// Parallel grain: ~16 KiB of output per task keeps the OpenMP overhead small against the copies.
-constexpr int64_t kGrainElements = 4096;
+// Parallel grain: ~64 KiB of float32 per task keeps the OpenMP overhead small against the copies.
+constexpr int64_t kGrainElements = 16384;
 
 struct Strides4 {
   int64_t b, c, h, w;
@@ -51,7 +51,26 @@ struct Patches {
   int64_t batch, channels, patch, grid_w, num_kept, patch_numel;
 };
 
+// The raw bits of a T: the copies move bit patterns, so one vectorised loop serves every dtype.
+template <typename T>
+using bits_t = std::conditional_t<sizeof(T) == 2, std::uint16_t,
+                                  std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>>;
+
+constexpr int64_t kMaxPlanarPatch = 32 * 32;  // p * p of the planar staging buffer (patches up to 32 x 32)
+
+// dst[e * 3 + c] = planar[c * n + e]: with the channel count a constant GCC vectorises the 3-way interleave.
+template <typename U>
+inline void interleave3(const U* __restrict planar, int64_t n, U* __restrict dst) {
+  for (int64_t e = 0; e < n; ++e) {
+    dst[e * 3 + 0] = planar[e];
+    dst[e * 3 + 1] = planar[n + e];
+    dst[e * 3 + 2] = planar[2 * n + e];
+  }
+}
+
 // Copies patch `index` of one image (origin = &image[b, 0, 0, 0]) into dst in MAE's (i, j, c) order.
+// Plane by plane: the p row segments of one plane are read one after another. Alternating between the planes
+// (H * W values apart) row by row was 3x slower at 64 x 3 x 224 x 224 float32 (12.6 ms vs 4.2 ms, one thread).
 template <typename T>
 inline void read_patch(const T* image, const Strides4& s, const Patches& g, int64_t index, T* dst) {
   const int64_t p = g.patch, C = g.channels;
@@ -60,15 +79,22 @@ inline void read_patch(const T* image, const Strides4& s, const Patches& g, int6
     for (int64_t i = 0; i < p; ++i) std::memcpy(dst + i * p * C, origin + i * s.h, sizeof(T) * p * C);
     return;
   }
-  for (int64_t i = 0; i < p; ++i) {
-    T* row = dst + i * p * C;
-    for (int64_t c = 0; c < C; ++c) {
+  if (C == 3 && s.w == 1 && p * p <= kMaxPlanarPatch) {
+    // RGB planes (NCHW): stage the patch planar in L1 with row memcpys, then interleave it with vector shuffles.
+    // 4.2 ms -> 2.0 ms at 64 x 3 x 224 x 224 float32 against a scalar strided copy (one thread).
+    using U = bits_t<T>;
+    alignas(64) U planar[3 * kMaxPlanarPatch];
+    for (int64_t c = 0; c < 3; ++c) {
+      for (int64_t i = 0; i < p; ++i) std::memcpy(planar + (c * p + i) * p, origin + c * s.c + i * s.h, sizeof(T) * p);
+    }
+    interleave3(planar, p * p, reinterpret_cast<U*>(dst));
+    return;
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t i = 0; i < p; ++i) {
+      T* row = dst + i * p * C + c;
       const T* src = origin + i * s.h + c * s.c;
-      if (s.w == 1) {
-        for (int64_t j = 0; j < p; ++j) row[j * C + c] = src[j];
-      } else {
-        for (int64_t j = 0; j < p; ++j) row[j * C + c] = src[j * s.w];
-      }
+      for (int64_t j = 0; j < p; ++j) row[j * C] = src[j * s.w];
     }
   }
 }
@@ -171,7 +197,8 @@ void scatter_rows(const T* grad, const int64_t* index, int64_t batch, int64_t S,
   // A column chunk's accumulator (rows x chunk) is sized to stay in L2 (<= 128 KiB), at least 16 columns wide.
   const int64_t chunk = std::min<int64_t>(D, std::max<int64_t>(16, (128 * 1024 / sizeof(A)) / std::max<int64_t>(rows, 1)));
   const int64_t chunks = (D + chunk - 1) / chunk;
-  at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>((S + rows) * chunk, 1));
+  at::parallel_for(0, batch * chunks, grain, [&](int64_t begin, int64_t end) {
     std::vector<A> acc(rows * chunk + chunk);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / chunks, d0 = (task % chunks) * chunk, width = std::min(chunk, D - d0);
@@ -257,7 +284,8 @@ Tensor patchify_gather_backward(const Tensor& grad, const Tensor& images, const 
     const scalar_t* dy = grad.data_ptr<scalar_t>();
     scalar_t* dx = grad_images.data_ptr<scalar_t>();
     // Task (b, band): rows [band * p, band * p + p) of image b, every channel.
-    at::parallel_for(0, g.batch * grid_h, 1, [&](int64_t begin, int64_t end) {
+    const int64_t band_grain = std::max<int64_t>(1, kGrainElements / (g.channels * g.patch * W));
+    at::parallel_for(0, g.batch * grid_h, band_grain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> pixels(normalize ? n : 0);
       std::vector<A> patch_grad(n);
       for (int64_t task = begin; task < end; ++task) {

@@ -9,13 +9,35 @@ from fastssl.ops.info_nce import (
     nt_xent,
     nt_xent_reference,
 )
+from fastssl.ops.masking import (
+    block_masking,
+    gather_tokens,
+    gather_tokens_reference,
+    mask_tokens,
+    patchify_gather,
+    patchify_gather_reference,
+    random_masking,
+    random_masking_reference,
+    unshuffle_with_mask_token,
+    unshuffle_with_mask_token_reference,
+)
 
 __all__ = [
     "OPS",
+    "block_masking",
     "clip_loss",
     "clip_loss_reference",
+    "gather_tokens",
+    "gather_tokens_reference",
     "info_nce",
     "info_nce_reference",
+    "mask_tokens",
     "nt_xent",
     "nt_xent_reference",
+    "patchify_gather",
+    "patchify_gather_reference",
+    "random_masking",
+    "random_masking_reference",
+    "unshuffle_with_mask_token",
+    "unshuffle_with_mask_token_reference",
 ]
