@@ -331,7 +331,8 @@ def random_masking(batch_size: int, num_patches: int, mask_ratio: float,
         batch_size: B. num_patches: L. mask_ratio: fraction masked, in [0, 1).
         generator: torch.Generator for the noise (its device is the default device).
         device: where to put the outputs (default: the generator's device, else CPU).
-        noise: optional (B, L) float noise to use instead of drawing it (tests, reproducing MAE).
+        noise: optional (B, L) float noise to use instead of drawing it (tests, reproducing MAE); the outputs are
+            then on its device and generator and device are not used.
 
     Returns:
         ids_keep (B, K) int64, mask (B, L) float32 with 1 = masked, ids_restore (B, L) int64. Example::

@@ -234,8 +234,9 @@ def test_patchify_gather_non_contiguous_images(backend):
 # gather_tokens and unshuffle_with_mask_token
 # ----------------------------------------------------------------------------------------------------------------
 
-TOKEN_SHAPES = [(1, 1, 1), (2, 17, 3), (3, 196, 130), (2, 20, 1030)]
-SMALL_TOKEN_SHAPES = [(1, 1, 1), (2, 17, 3), (2, 16, 130)]
+# (B, L, D): D = 1030 spans two Triton column blocks; L = 1000 makes the C++ backward split D into column chunks.
+TOKEN_SHAPES = [(1, 1, 1), (2, 17, 3), (3, 196, 40), (1, 1000, 40), (1, 7, 1030)]
+SMALL_TOKEN_SHAPES = [(1, 1, 1), (2, 17, 3), (1, 5, 1030)]
 
 
 def _token_shapes(backend):
