@@ -106,7 +106,7 @@ def _pretrain_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="seeds the weights, the data order and every augmentation (default 0)")
     p.add_argument("--resume", action="store_true", help="continue bit-exactly from OUT/last.pt")
     p.add_argument("--config", help="a YAML file of TrainConfig options (see fastssl/train/config.py)")
-    p.add_argument("--lr", type=float, help="base lr at batch 256 (scaled linearly); default: the method's")
+    p.add_argument("--lr", type=float, help="base lr at batch 256, scaled with the batch by the method's rule; default: the method's")
     p.add_argument("--optimizer", choices=["sgd", "lars", "adamw"], help="default: the method's")
     p.add_argument("--weight-decay", type=float, help="default: the method's")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], help="mixed precision (auto: bf16 on CUDA)")

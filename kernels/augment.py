@@ -55,11 +55,14 @@ Index math is int32 inside an image/view and int64 for the per-sample bases; an 
 values must stay below 2^31 (checked on the host from the buffer sizes).
 """
 
+import importlib
+
 import torch
 import triton
 import triton.language as tl
 
-import fastssl.ops.augment as A
+# The spec module (fastssl.ops.augment); "fastssl.ops.augment" as an attribute is the public function.
+A = importlib.import_module("fastssl.ops.augment")
 
 # Packed parameter columns (the spec's I_* and F_*), as constexprs for the kernels.
 _I_TOP, _I_LEFT, _I_CROP_H, _I_CROP_W = (tl.constexpr(c) for c in (A.I_TOP, A.I_LEFT, A.I_CROP_H, A.I_CROP_W))

@@ -30,7 +30,7 @@ def load_backbone(state: dict) -> torch.nn.Module:
     return backbone
 
 
-def make_preprocess(view_size, mean, std):
+def make_preprocess(view_size, mean, std, channels_last: bool = False):
     """uint8 images (B, H, W, C) or PackedImages, on any device -> normalised float (B, C, h, w) at the training
     view size: a whole-image crop, resized and normalised."""
     from fastssl.ops.augment import AugmentParams, PackedImages, augment
@@ -40,7 +40,7 @@ def make_preprocess(view_size, mean, std):
             params = AugmentParams.identity(len(images), images.heights, images.widths, device=images.device)
         else:
             params = AugmentParams.identity(images.shape[0], images.shape[1], images.shape[2], device=images.device)
-        return augment(images, params, tuple(view_size), mean, std)
+        return augment(images, params, tuple(view_size), mean, std, channels_last=channels_last)
 
     return preprocess
 
@@ -61,19 +61,23 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
     from fastssl.eval.features import extract_features
     from fastssl.eval.knn import knn_accuracy
     from fastssl.eval.linear import linear_probe
+    from fastssl.models import ResNet
     from fastssl.train.distributed import resolve_device
 
     state = load_checkpoint(checkpoint)
     data = data or state["config"]["data"]
     dev = resolve_device(device)
     backbone = load_backbone(state).to(dev)
+    channels_last = isinstance(backbone, ResNet)
+    if channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
     train = load_image_dataset(data, split="train")
     test = load_image_dataset(data, split="test")
     if train.labels is None or test.labels is None:
         raise ValueError(f"data: {data!r} has no labels; kNN and linear evaluation need them")
     channels = train.image_shape[-1] if hasattr(train, "image_shape") else train.images.channels
     mean, std = ViewPipeline([ViewSpec()], mean=tuple(state["mean"]), std=tuple(state["std"])).normalization(channels)
-    preprocess = make_preprocess(state["view_size"], mean, std)
+    preprocess = make_preprocess(state["view_size"], mean, std, channels_last)
 
     def loader(dataset):
         return lambda index: dataset.batch(index.numpy())

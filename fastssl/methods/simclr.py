@@ -7,9 +7,10 @@ fastssl computes it with the fused ``nt_xent`` op (the 2N x 2N similarity matrix
 multi-process run, against the negatives of every rank (``gather_distributed``), with BatchNorm over the global
 batch, as the paper's global BN prescribes.
 
-Defaults (the paper's): LARS, lr = 0.3 x batch / 256, weight decay 1e-6, warm-up then cosine decay; temperature
-0.5 (its CIFAR-10 setting, Appendix B.9; ImageNet uses 0.1 at batch 4096); projection 128-d, hidden width = the
-backbone's feature width.
+Defaults (the paper's): LARS with square-root lr scaling, lr = 0.075 x sqrt(batch) = 1.2 x sqrt(batch / 256)
+(Appendix B.1: better than linear scaling for small batches and short runs; the linear rule 0.3 x batch / 256 is
+for batch 4096), weight decay 1e-6, warm-up then cosine decay; temperature 0.5 (its CIFAR-10 setting, Appendix
+B.9; ImageNet uses 0.1 at batch 4096); projection 128-d, hidden width = the backbone's feature width.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fastssl.nn import NTXentLoss
 class SimCLR(Method):
     name = "simclr"
     preset = "simclr"
-    defaults = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6}
+    defaults = {"optimizer": "lars", "lr": 1.2, "lr_scaling": "sqrt", "weight_decay": 1e-6}
     options = {"temperature": 0.5, "proj_hidden_dim": None, "proj_dim": 128}
 
     def __init__(self, backbone, backbone_spec, temperature: float, proj_hidden_dim, proj_dim: int, **base):

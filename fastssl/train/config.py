@@ -16,7 +16,8 @@ class TrainConfig:
     data: str = "cifar10"  # a name (cifar10, mnist, shakespeare) under FASTSSL_DATA or ../shared/data, or a path
     out: str = "runs/simclr"  # writes last.pt, metrics.csv, loss.png (and periodic checkpoints)
     backbone: Optional[str] = None  # resnet18 | resnet50 | vit_tiny | vit_small; None: the method's default
-    backbone_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"width": 0.5}; cifar_stem is automatic
+    # e.g. {"width": 0.5}; cifar_stem is automatic. With neither set on a CPU, the default ResNet runs at width 0.25.
+    backbone_args: dict[str, Any] = field(default_factory=dict)
     method_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"temperature": 0.2}; see the method's file
     views: Optional[str] = None  # a fastssl.data view-pipeline preset; None: the method's, "cifar" for <= 64 px data
     view_args: dict[str, Any] = field(default_factory=dict)  # overrides of the preset, e.g. {"size": 96}
@@ -30,7 +31,8 @@ class TrainConfig:
     resume: bool = False  # continue from out/last.pt, bit-exactly
 
     optimizer: Optional[str] = None  # sgd | lars | adamw; None: the method's (LARS for SimCLR and BYOL)
-    lr: Optional[float] = None  # base lr at batch 256, scaled linearly with batch_size / 256 (Goyal et al., 2017)
+    lr: Optional[float] = None  # base lr at batch 256, scaled with batch_size / 256 (linearly, Goyal et al. 2017,
+    #                             or by its square root where the method says so: SimCLR)
     weight_decay: Optional[float] = None
     weight_decay_end: Optional[float] = None  # cosine weight-decay schedule end (DINO); None: constant
     momentum: float = 0.9
@@ -40,7 +42,7 @@ class TrainConfig:
     clip_grad: Optional[float] = None  # max gradient norm; None: no clipping
 
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | none
-    channels_last: Optional[bool] = None  # None: on for CUDA convolutional backbones
+    channels_last: Optional[bool] = None  # None: on for convolutional backbones (CPU and GPU)
     compile: bool = False  # torch.compile the method's forward
     augment_backend: str = "auto"  # the fastssl.ops.augment backend
     loss_backend: str = "auto"  # the fused loss backend
