@@ -56,14 +56,15 @@ constexpr double kBlurTapCutoff = 1e-7;
 using v8f = float __attribute__((vector_size(32)));
 using v8i = std::int32_t __attribute__((vector_size(32)));
 typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4), may_alias));
+typedef std::int32_t v8i_unaligned __attribute__((vector_size(32), aligned(4), may_alias));
 
 inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_unaligned*>(p); }
 inline void store8(float* p, v8f x) { *reinterpret_cast<v8f_unaligned*>(p) = x; }
+inline v8i load8i(const std::int32_t* p) { return *reinterpret_cast<const v8i_unaligned*>(p); }
 inline v8f splat(float x) { return v8f{} + x; }
 inline v8f vmin(v8f a, v8f b) { return a < b ? a : b; }
 inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
 inline v8f clamp01(v8f x) { return vmin(vmax(x, splat(0.0f)), splat(1.0f)); }
-inline float clamp01(float x) { return std::min(std::max(x, 0.0f), 1.0f); }
 // floor for |x| < 2^31: truncate, then step down where truncation went up.
 inline v8f vfloor(v8f x) {
   const v8f t = __builtin_convertvector(__builtin_convertvector(x, v8i), v8f);
@@ -146,7 +147,7 @@ struct Dims {
   int64_t wp;             // out_w rounded up to a whole vector: the stride of every row buffer
   int64_t kh_bound;       // widest horizontal filter over the batch
   int64_t kv_bound;       // widest vertical filter over the batch
-  int64_t crop_w_pad;     // widest crop, rounded up to a vector
+  int64_t source_stride;  // widest crop rounded up to a vector, plus the two vectors a permute window may read
   int64_t blur_size_max;  // largest blur kernel over the samples that blur
 };
 
@@ -173,8 +174,10 @@ struct Scratch {
   double* row_sums;        // (out_h,): sum of gray(x) over each row, for the contrast mean
   float* ring;             // (kv_bound, C, wp): horizontally resampled source rows
   int64_t* ring_rows;      // (kv_bound,): which source row each ring slot holds
-  float* source;           // (C, crop_w_pad): one source row of the crop, planar floats
+  float* source;           // (C, source_stride): one source row of the crop, planar floats
   int32_t* h_index;        // (kh_bound, wp): source column of tap j of output column x
+  int32_t* h_base;         // (wp / 8,): first source column the 8 output columns from x = 8 i read
+  int32_t* h_offset;       // (kh_bound, wp): h_index - h_base, when that is < 16 for every column
   float* h_weight;         // (kh_bound, wp)
   int64_t* h_start;        // (out_w,) ... the horizontal taps before the transpose
   int64_t* h_count;
@@ -183,12 +186,12 @@ struct Scratch {
   int64_t* v_count;        // (out_h,)
   float* v_weight;         // (out_h, kv_bound)
   float* blur_weight;      // (blur_size_max,)
-  const float** blur_rows; // (blur_size_max,)
+  const float** blur_rows; // (max(blur_size_max, kv_bound),): row pointers of the blur and of the vertical resize
   float* row;              // (C, wp): an output row when it does not live in the view
   float* column_blur;      // (C, wp): a row after the vertical blur
   float* padded;           // (wp + blur_size_max): one channel of that row, reflect-padded
   float* normalised;       // (C, wp)
-  uint16_t* half_bits;     // (C, wp): bfloat16 / float16 bits before the store
+  float* interleaved;      // (wp, C): a normalised row in channels_last order
 
   Scratch(Arena& a, const Dims& d) {
     const int64_t c = d.channels, row_floats = c * d.wp;
@@ -196,8 +199,10 @@ struct Scratch {
     row_sums = a.take<double>(d.out_h);
     ring = a.take<float>(d.kv_bound * row_floats);
     ring_rows = a.take<int64_t>(d.kv_bound);
-    source = a.take<float>(c * d.crop_w_pad);
+    source = a.take<float>(c * d.source_stride);
     h_index = a.take<int32_t>(d.kh_bound * d.wp);
+    h_base = a.take<int32_t>(d.wp / kLanes);
+    h_offset = a.take<int32_t>(d.kh_bound * d.wp);
     h_weight = a.take<float>(d.kh_bound * d.wp);
     h_start = a.take<int64_t>(d.out_w);
     h_count = a.take<int64_t>(d.out_w);
@@ -206,12 +211,12 @@ struct Scratch {
     v_count = a.take<int64_t>(d.out_h);
     v_weight = a.take<float>(d.out_h * d.kv_bound);
     blur_weight = a.take<float>(d.blur_size_max);
-    blur_rows = a.take<const float*>(d.blur_size_max);
+    blur_rows = a.take<const float*>(std::max(d.blur_size_max, d.kv_bound));
     row = a.take<float>(row_floats);
     column_blur = a.take<float>(row_floats);
     padded = a.take<float>(d.wp + d.blur_size_max);
     normalised = a.take<float>(row_floats);
-    half_bits = a.take<uint16_t>(row_floats);
+    interleaved = a.take<float>(row_floats);
   }
 };
 
@@ -277,6 +282,7 @@ Sample read_sample(int64_t b, int64_t channels, const uint8_t* data, const int64
 
 struct Plan {
   int64_t kh;           // taps per output column (zero-padded to the widest)
+  bool h_local;         // every 8 output columns read a window of 16 source columns: permutes, not gathers
   int64_t ring_slots;   // widest vertical filter
   int64_t blur_radius;  // -1: no blur
 };
@@ -286,11 +292,28 @@ Plan make_plan(const Sample& s, const Dims& d, Scratch& w) {
   const int64_t kh = resize_taps(s.crop_w, d.out_w, 1.0 / 255.0, w.h_start, w.h_count, w.h_taps, d.kh_bound);
   plan.kh = kh;
   for (int64_t x = 0; x < d.wp; ++x) {
-    const int64_t src = x < d.out_w ? (s.flip ? d.out_w - 1 - x : x) : -1;
+    // Columns past out_w repeat the last one with zero weights, so they stay inside its window.
+    const int64_t xc = std::min(x, d.out_w - 1);
+    const int64_t src = s.flip ? d.out_w - 1 - xc : xc;
     for (int64_t j = 0; j < kh; ++j) {
-      const bool live = src >= 0 && j < w.h_count[src];
-      w.h_index[j * d.wp + x] = static_cast<int32_t>(src >= 0 ? w.h_start[src] + (live ? j : 0) : 0);
+      const bool live = x < d.out_w && j < w.h_count[src];
+      w.h_index[j * d.wp + x] = static_cast<int32_t>(w.h_start[src] + (j < w.h_count[src] ? j : 0));
       w.h_weight[j * d.wp + x] = live ? w.h_taps[src * d.kh_bound + j] : 0.0f;
+    }
+  }
+  plan.h_local = true;
+  for (int64_t x0 = 0; x0 < d.wp; x0 += kLanes) {
+    int32_t lo = w.h_index[x0], hi = lo;
+    for (int64_t j = 0; j < kh; ++j) {
+      for (int64_t x = x0; x < x0 + kLanes; ++x) {
+        lo = std::min(lo, w.h_index[j * d.wp + x]);
+        hi = std::max(hi, w.h_index[j * d.wp + x]);
+      }
+    }
+    plan.h_local = plan.h_local && hi - lo < 2 * kLanes;
+    w.h_base[x0 / kLanes] = lo;
+    for (int64_t j = 0; j < kh; ++j) {
+      for (int64_t x = x0; x < x0 + kLanes; ++x) w.h_offset[j * d.wp + x] = w.h_index[j * d.wp + x] - lo;
     }
   }
   plan.ring_slots = resize_taps(s.crop_h, d.out_h, 1.0, w.v_start, w.v_count, w.v_weight, d.kv_bound);
@@ -302,20 +325,65 @@ Plan make_plan(const Sample& s, const Dims& d, Scratch& w) {
 // Row kernels. A row is C planes of wp floats, plane stride wp; lanes past out_w hold finite junk never stored.
 // ---------------------------------------------------------------------------------------------------------------
 
+// out[x] = sum_t weight[t] * tap(t)[x] for x < wp (a multiple of 8), four vectors of x per sweep over the taps.
+template <typename Tap>
+void fir(int64_t taps, const float* weight, Tap tap, float* out, int64_t wp) {
+  int64_t x = 0;
+  for (; x + 4 * kLanes <= wp; x += 4 * kLanes) {
+    v8f a0{}, a1{}, a2{}, a3{};
+    for (int64_t t = 0; t < taps; ++t) {
+      const v8f k = splat(weight[t]);
+      const float* p = tap(t) + x;
+      a0 += k * load8(p);
+      a1 += k * load8(p + kLanes);
+      a2 += k * load8(p + 2 * kLanes);
+      a3 += k * load8(p + 3 * kLanes);
+    }
+    store8(out + x, a0);
+    store8(out + x + kLanes, a1);
+    store8(out + x + 2 * kLanes, a2);
+    store8(out + x + 3 * kLanes, a3);
+  }
+  for (; x < wp; x += kLanes) {
+    v8f a{};
+    for (int64_t t = 0; t < taps; ++t) a += splat(weight[t]) * load8(tap(t) + x);
+    store8(out + x, a);
+  }
+}
+
 // Source row `src_row` of the crop, resampled horizontally into dst (C, wp).
 template <int C>
 void resample_source_row(const Sample& s, const Dims& d, const Plan& plan, const Scratch& w, int64_t src_row,
                          float* dst) {
   const uint8_t* pixels = s.image + ((s.top + src_row) * s.width + s.left) * C;
-  const int64_t cw = s.crop_w, cwp = d.crop_w_pad, wp = d.wp;
+  const int64_t cw = s.crop_w, stride = d.source_stride, wp = d.wp;
   float* planar = w.source;
   for (int c = 0; c < C; ++c) {
-    float* out = planar + c * cwp;
+    float* out = planar + c * stride;
 #pragma omp simd
     for (int64_t x = 0; x < cw; ++x) out[x] = static_cast<float>(pixels[x * C + c]);
   }
+  if (plan.h_local) {
+    // Two loads and a two-register permute per tap instead of a gather: 0.35 -> 0.2 ms per 224 x 224 view.
+    for (int64_t x0 = 0; x0 < wp; x0 += kLanes) {
+      const float* window = planar + w.h_base[x0 / kLanes];
+      v8f lo[C], hi[C], acc[C];
+      for (int c = 0; c < C; ++c) {
+        lo[c] = load8(window + c * stride);
+        hi[c] = load8(window + c * stride + kLanes);
+        acc[c] = v8f{};
+      }
+      for (int64_t j = 0; j < plan.kh; ++j) {
+        const v8i offset = load8i(w.h_offset + j * wp + x0);
+        const v8f weight = load8(w.h_weight + j * wp + x0);
+        for (int c = 0; c < C; ++c) acc[c] += weight * __builtin_shuffle(lo[c], hi[c], offset);
+      }
+      for (int c = 0; c < C; ++c) store8(dst + c * wp + x0, acc[c]);
+    }
+    return;
+  }
   for (int c = 0; c < C; ++c) {
-    const float* in = planar + c * cwp;
+    const float* in = planar + c * stride;
     float* out = dst + c * wp;
     const int32_t* index = w.h_index;
     const float* weight = w.h_weight;
@@ -334,7 +402,7 @@ void resample_source_row(const Sample& s, const Dims& d, const Plan& plan, const
 template <int C>
 void resize_row(const Sample& s, const Dims& d, const Plan& plan, Scratch& w, int64_t y, float* dst) {
   const int64_t wp = d.wp, row_floats = C * wp, start = w.v_start[y], count = w.v_count[y];
-  const float* weights = w.v_weight + y * d.kv_bound;
+  const float** rows = w.blur_rows;  // free until the blur pass
   for (int64_t j = 0; j < count; ++j) {
     const int64_t r = start + j, slot = r % plan.ring_slots;
     float* ring_row = w.ring + slot * row_floats;
@@ -342,15 +410,9 @@ void resize_row(const Sample& s, const Dims& d, const Plan& plan, Scratch& w, in
       resample_source_row<C>(s, d, plan, w, r, ring_row);
       w.ring_rows[slot] = r;
     }
-    const float wt = weights[j];
-    if (j == 0) {
-#pragma omp simd
-      for (int64_t i = 0; i < row_floats; ++i) dst[i] = wt * ring_row[i];
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < row_floats; ++i) dst[i] += wt * ring_row[i];
-    }
+    rows[j] = ring_row;
   }
+  fir(count, w.v_weight + y * d.kv_bound, [&](int64_t j) { return rows[j]; }, dst, row_floats);
 }
 
 template <int C>
@@ -395,36 +457,39 @@ void hue_row(float* r, float* g, float* b, int64_t wp, float shift) {
   }
 }
 
+inline v8f gray8(v8f r, v8f g, v8f b) { return kLuma0 * r + kLuma1 * g + kLuma2 * b; }
+
 template <int C>
 void apply_op(const PointOp& op, float* row, int64_t wp) {
   const float k = op.factor;
+  float* r = row;
+  float* g = row + wp;
+  float* b = row + 2 * wp;
   switch (op.code) {
     case kBrightness:
-#pragma omp simd
-      for (int64_t i = 0; i < C * wp; ++i) row[i] = clamp01(k * row[i]);
+      for (int64_t i = 0; i < C * wp; i += kLanes) store8(row + i, clamp01(k * load8(row + i)));
       break;
     case kSaturation:
       if constexpr (C == 3) {
-#pragma omp simd
-        for (int64_t x = 0; x < wp; ++x) {
-          const float g = (1.0f - k) * gray_at<3>(row, wp, x);
-          row[x] = clamp01(k * row[x] + g);
-          row[wp + x] = clamp01(k * row[wp + x] + g);
-          row[2 * wp + x] = clamp01(k * row[2 * wp + x] + g);
+        for (int64_t x = 0; x < wp; x += kLanes) {
+          const v8f red = load8(r + x), green = load8(g + x), blue = load8(b + x);
+          const v8f gray = (1.0f - k) * gray8(red, green, blue);
+          store8(r + x, clamp01(k * red + gray));
+          store8(g + x, clamp01(k * green + gray));
+          store8(b + x, clamp01(k * blue + gray));
         }
       }
       break;
     case kHue:
-      if constexpr (C == 3) hue_row(row, row + wp, row + 2 * wp, wp, k);
+      if constexpr (C == 3) hue_row(r, g, b, wp, k);
       break;
     case kGrayscale:
       if constexpr (C == 3) {
-#pragma omp simd
-        for (int64_t x = 0; x < wp; ++x) {
-          const float g = gray_at<3>(row, wp, x);
-          row[x] = g;
-          row[wp + x] = g;
-          row[2 * wp + x] = g;
+        for (int64_t x = 0; x < wp; x += kLanes) {
+          const v8f gray = gray8(load8(r + x), load8(g + x), load8(b + x));
+          store8(r + x, gray);
+          store8(g + x, gray);
+          store8(b + x, gray);
         }
       }
       break;
@@ -436,8 +501,7 @@ void apply_op(const PointOp& op, float* row, int64_t wp) {
 template <int C>
 void apply_contrast(float* row, int64_t wp, float factor, float mean) {
   const float offset = (1.0f - factor) * mean;
-#pragma omp simd
-  for (int64_t i = 0; i < C * wp; ++i) row[i] = clamp01(factor * row[i] + offset);
+  for (int64_t i = 0; i < C * wp; i += kLanes) store8(row + i, clamp01(factor * load8(row + i) + offset));
 }
 
 template <int C>
@@ -446,32 +510,6 @@ double gray_sum(const float* row, int64_t wp, int64_t n) {
 #pragma omp simd reduction(+ : sum)
   for (int64_t x = 0; x < n; ++x) sum += static_cast<double>(gray_at<C>(row, wp, x));
   return sum;
-}
-
-// out[x] = sum_t weight[t] * tap(t)[x] for x < wp (a multiple of 8), four vectors of x per sweep over the taps.
-template <typename Tap>
-void fir(int64_t taps, const float* weight, Tap tap, float* out, int64_t wp) {
-  int64_t x = 0;
-  for (; x + 4 * kLanes <= wp; x += 4 * kLanes) {
-    v8f a0{}, a1{}, a2{}, a3{};
-    for (int64_t t = 0; t < taps; ++t) {
-      const v8f k = splat(weight[t]);
-      const float* p = tap(t) + x;
-      a0 += k * load8(p);
-      a1 += k * load8(p + kLanes);
-      a2 += k * load8(p + 2 * kLanes);
-      a3 += k * load8(p + 3 * kLanes);
-    }
-    store8(out + x, a0);
-    store8(out + x + kLanes, a1);
-    store8(out + x + 2 * kLanes, a2);
-    store8(out + x + 3 * kLanes, a3);
-  }
-  for (; x < wp; x += kLanes) {
-    v8f a{};
-    for (int64_t t = 0; t < taps; ++t) a += splat(weight[t]) * load8(tap(t) + x);
-    store8(out + x, a);
-  }
 }
 
 // Vertical then horizontal Gaussian of output row y of the view (both reflect-padded) into dst (C, wp).
@@ -512,56 +550,73 @@ inline uint16_t bfloat16_bits(float v) {  // round to nearest even (no NaN reach
 }
 
 template <typename T>
-void to_half_bits(const float* in, uint16_t* out, int64_t n) {
-  if constexpr (std::is_same_v<T, at::BFloat16>) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = bfloat16_bits(in[i]);
+inline T to_out(float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else if constexpr (std::is_same_v<T, at::BFloat16>) {
+    return T(bfloat16_bits(v), T::from_bits());
   } else {
-#ifdef __F16C__
-    for (int64_t i = 0; i < n; i += kLanes) {  // n is a whole number of vectors
-      const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
-    }
-#else
-    for (int64_t i = 0; i < n; ++i) out[i] = at::Half(in[i]).x;
-#endif
+    return T(v);
   }
+}
+
+// dst[0:n] = src[0:n] converted to T; src holds a whole number of vectors past n.
+template <typename T>
+void write_contiguous(T* dst, const float* src, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::memcpy(dst, src, sizeof(float) * n);
+  } else if constexpr (std::is_same_v<T, at::BFloat16>) {
+    uint16_t* bits = reinterpret_cast<uint16_t*>(dst);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) bits[i] = bfloat16_bits(src[i]);
+  } else {
+    int64_t i = 0;
+#ifdef __F16C__
+    for (; i + kLanes <= n; i += kLanes) {
+      const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), h);
+    }
+#endif
+    for (; i < n; ++i) dst[i] = T(src[i]);
+  }
+}
+
+// (r, g, b) planes of 8 pixels -> 24 interleaved floats r0 g0 b0 r1 g1 b1 ...
+inline void interleave3(v8f r, v8f g, v8f b, float* out) {
+  store8(out, __builtin_shuffle(__builtin_shuffle(r, g, v8i{0, 8, 0, 1, 9, 0, 2, 10}), b,
+                                v8i{0, 1, 8, 3, 4, 9, 6, 7}));
+  store8(out + kLanes, __builtin_shuffle(__builtin_shuffle(r, g, v8i{0, 3, 11, 0, 4, 12, 0, 5}), b,
+                                         v8i{10, 1, 2, 11, 4, 5, 12, 7}));
+  store8(out + 2 * kLanes, __builtin_shuffle(__builtin_shuffle(r, g, v8i{13, 0, 6, 14, 0, 7, 15, 0}), b,
+                                             v8i{0, 13, 2, 3, 14, 5, 6, 15}));
 }
 
 template <typename T, int C>
 void store_row(const Sample& s, const Dims& d, Scratch& w, const Output& o, int64_t b, int64_t y, const float* row) {
-  using Bits = std::conditional_t<std::is_same_v<T, float>, float, uint16_t>;
   const int64_t wp = d.wp, n = d.out_w;
   float* norm = w.normalised;
-  const float threshold = s.solarize ? s.threshold : 2.0f;  // values never reach 2: no solarize
+  const v8f threshold = splat(s.solarize ? s.threshold : 2.0f);  // values never reach 2: no solarize
   for (int c = 0; c < C; ++c) {
-    const float mean = o.mean[c], inv_std = o.inv_std[c];
+    const v8f mean = splat(o.mean[c]), inv_std = splat(o.inv_std[c]);
     const float* in = row + c * wp;
     float* out = norm + c * wp;
-#pragma omp simd
-    for (int64_t x = 0; x < wp; ++x) {
-      const float v = in[x] >= threshold ? 1.0f - in[x] : in[x];
-      out[x] = (v - mean) * inv_std;
+    for (int64_t x = 0; x < wp; x += kLanes) {
+      const v8f v = load8(in + x);
+      store8(out + x, ((v >= threshold ? 1.0f - v : v) - mean) * inv_std);
     }
   }
-  const Bits* bits;
-  if constexpr (std::is_same_v<T, float>) {
-    bits = norm;
-  } else {
-    to_half_bits<T>(norm, w.half_bits, C * wp);
-    bits = w.half_bits;
-  }
-  Bits* base = reinterpret_cast<Bits*>(o.data) + b * o.sb + y * o.sh;
+  T* base = reinterpret_cast<T*>(o.data) + b * o.sb + y * o.sh;
   if (o.sw == 1) {
-    for (int c = 0; c < C; ++c) std::memcpy(base + c * o.sc, bits + c * wp, sizeof(Bits) * n);
-  } else if (o.sc == 1 && o.sw == C) {
-#pragma omp simd
-    for (int64_t x = 0; x < n; ++x) {
-      for (int c = 0; c < C; ++c) base[x * C + c] = bits[c * wp + x];
+    for (int c = 0; c < C; ++c) write_contiguous(base + c * o.sc, norm + c * wp, n);
+  } else if (C == 3 && o.sc == 1 && o.sw == 3) {
+    float* pixels = w.interleaved;
+    for (int64_t x = 0; x < wp; x += kLanes) {
+      interleave3(load8(norm + x), load8(norm + wp + x), load8(norm + 2 * wp + x), pixels + 3 * x);
     }
+    write_contiguous(base, pixels, 3 * n);
   } else {
     for (int c = 0; c < C; ++c) {
-      for (int64_t x = 0; x < n; ++x) base[c * o.sc + x * o.sw] = bits[c * wp + x];
+      for (int64_t x = 0; x < n; ++x) base[c * o.sc + x * o.sw] = to_out<T>(norm[c * wp + x]);
     }
   }
 }
@@ -734,7 +789,7 @@ void augment(const Tensor& data, const Tensor& offsets, const Tensor& heights, c
   d.out_w = out.size(3);
   d.wp = round_up(d.out_w, kLanes);
   d.kh_bound = d.kv_bound = 1;
-  d.crop_w_pad = kLanes;
+  d.source_stride = 3 * kLanes;
   d.blur_size_max = 1;
   std::vector<Sample> samples;
   samples.reserve(static_cast<size_t>(batch));
@@ -744,10 +799,10 @@ void augment(const Tensor& data, const Tensor& offsets, const Tensor& heights, c
     const Sample& s = samples.back();
     d.kh_bound = std::max(d.kh_bound, max_resize_taps(s.crop_w, d.out_w));
     d.kv_bound = std::max(d.kv_bound, max_resize_taps(s.crop_h, d.out_h));
-    d.crop_w_pad = std::max(d.crop_w_pad, round_up(s.crop_w, kLanes));
+    d.source_stride = std::max(d.source_stride, round_up(s.crop_w, kLanes) + 2 * kLanes);
     if (s.sigma > 0.0f) d.blur_size_max = std::max(d.blur_size_max, s.blur_size);
   }
-  TORCH_CHECK(d.crop_w_pad < (int64_t{1} << 31), "int_params: crops wider than 2^31 pixels are not supported");
+  TORCH_CHECK(d.source_stride < (int64_t{1} << 31), "int_params: crops wider than 2^31 pixels are not supported");
 
   float inv_std[3];
   const float* std_p = std_dev.data_ptr<float>();
