@@ -325,30 +325,31 @@ Plan make_plan(const Sample& s, const Dims& d, Scratch& w) {
 // Row kernels. A row is C planes of wp floats, plane stride wp; lanes past out_w hold finite junk never stored.
 // ---------------------------------------------------------------------------------------------------------------
 
-// out[x] = sum_t weight[t] * tap(t)[x] for x < wp (a multiple of 8), four vectors of x per sweep over the taps.
+// out[x0 : x0 + 8 V] = sum_t weight[t] * tap(t)[x0 : x0 + 8 V], V accumulators.
+template <int V, typename Tap>
+inline void fir_block(int64_t taps, const float* weight, Tap tap, float* out, int64_t x0) {
+  v8f acc[V] = {};
+  for (int64_t t = 0; t < taps; ++t) {
+    const v8f k = splat(weight[t]);
+    const float* p = tap(t) + x0;
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) acc[v] += k * load8(p + v * kLanes);
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < V; ++v) store8(out + x0 + v * kLanes, acc[v]);
+}
+
+// out[x] = sum_t weight[t] * tap(t)[x] for x < n (a multiple of 8). Eight accumulators per sweep over the taps
+// cover the FMA latency (4 accumulators ran the 23-tap blur at half the speed).
 template <typename Tap>
-void fir(int64_t taps, const float* weight, Tap tap, float* out, int64_t wp) {
+void fir(int64_t taps, const float* weight, Tap tap, float* out, int64_t n) {
   int64_t x = 0;
-  for (; x + 4 * kLanes <= wp; x += 4 * kLanes) {
-    v8f a0{}, a1{}, a2{}, a3{};
-    for (int64_t t = 0; t < taps; ++t) {
-      const v8f k = splat(weight[t]);
-      const float* p = tap(t) + x;
-      a0 += k * load8(p);
-      a1 += k * load8(p + kLanes);
-      a2 += k * load8(p + 2 * kLanes);
-      a3 += k * load8(p + 3 * kLanes);
-    }
-    store8(out + x, a0);
-    store8(out + x + kLanes, a1);
-    store8(out + x + 2 * kLanes, a2);
-    store8(out + x + 3 * kLanes, a3);
+  for (; x + 8 * kLanes <= n; x += 8 * kLanes) fir_block<8>(taps, weight, tap, out, x);
+  if (x + 4 * kLanes <= n) {
+    fir_block<4>(taps, weight, tap, out, x);
+    x += 4 * kLanes;
   }
-  for (; x < wp; x += kLanes) {
-    v8f a{};
-    for (int64_t t = 0; t < taps; ++t) a += splat(weight[t]) * load8(tap(t) + x);
-    store8(out + x, a);
-  }
+  for (; x < n; x += kLanes) fir_block<1>(taps, weight, tap, out, x);
 }
 
 // Source row `src_row` of the crop, resampled horizontally into dst (C, wp).
@@ -518,9 +519,9 @@ void blur_row(const Dims& d, const Plan& plan, Scratch& w, int64_t y, float* dst
   const int64_t wp = d.wp, n = d.out_w, radius = plan.blur_radius, taps = 2 * radius + 1;
   const float** rows = w.blur_rows;
   for (int64_t t = 0; t < taps; ++t) rows[t] = w.view + reflect(y + t - radius, d.out_h) * C * wp;
+  fir(taps, w.blur_weight, [&](int64_t t) { return rows[t]; }, w.column_blur, C * wp);
   for (int c = 0; c < C; ++c) {
-    float* col = w.column_blur + c * wp;
-    fir(taps, w.blur_weight, [&](int64_t t) { return rows[t] + c * wp; }, col, wp);
+    const float* col = w.column_blur + c * wp;
     float* pad = w.padded;
     std::memcpy(pad + radius, col, sizeof(float) * n);
     for (int64_t i = 0; i < radius; ++i) {
