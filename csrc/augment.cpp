@@ -31,7 +31,7 @@
 #include <type_traits>
 #include <vector>
 
-#ifdef __F16C__
+#if defined(__AVX__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -62,14 +62,21 @@ inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_unaligned*
 inline void store8(float* p, v8f x) { *reinterpret_cast<v8f_unaligned*>(p) = x; }
 inline v8i load8i(const std::int32_t* p) { return *reinterpret_cast<const v8i_unaligned*>(p); }
 inline v8f splat(float x) { return v8f{} + x; }
+#ifdef __AVX__
+// GCC keeps `a < b ? a : b` as compare + blend (it may not assume vminps's NaN rule) and has no vector floor.
+inline v8f vmin(v8f a, v8f b) { return (v8f)_mm256_min_ps((__m256)a, (__m256)b); }
+inline v8f vmax(v8f a, v8f b) { return (v8f)_mm256_max_ps((__m256)a, (__m256)b); }
+inline v8f vfloor(v8f x) { return (v8f)_mm256_floor_ps((__m256)x); }
+#else
 inline v8f vmin(v8f a, v8f b) { return a < b ? a : b; }
 inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
-inline v8f clamp01(v8f x) { return vmin(vmax(x, splat(0.0f)), splat(1.0f)); }
 // floor for |x| < 2^31: truncate, then step down where truncation went up.
 inline v8f vfloor(v8f x) {
   const v8f t = __builtin_convertvector(__builtin_convertvector(x, v8i), v8f);
   return t > x ? t - 1.0f : t;
 }
+#endif
+inline v8f clamp01(v8f x) { return vmin(vmax(x, splat(0.0f)), splat(1.0f)); }
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
