@@ -52,6 +52,9 @@ enum OpCode : int { kBrightness = 0, kContrast = 1, kSaturation = 2, kHue = 3, k
 constexpr float kLuma0 = 0.2989f, kLuma1 = 0.587f, kLuma2 = 0.114f;  // ITU-R 601-2, torchvision's rgb_to_grayscale
 constexpr int64_t kLanes = 8;          // rows are padded to whole 8-float vectors
 constexpr double kBlurTapCutoff = 1e-7;
+// The vertical blur makes this many output rows per sweep over the view, loading each input row once for all of
+// them: the one-row version was bound by L2 bandwidth (21 rows of the 600 KiB view read per output row).
+constexpr int64_t kBlurRows = 4;
 
 using v8f = float __attribute__((vector_size(32)));
 using v8i = std::int32_t __attribute__((vector_size(32)));
@@ -193,10 +196,10 @@ struct Scratch {
   int64_t* v_start;        // (out_h,)
   int64_t* v_count;        // (out_h,)
   float* v_weight;         // (out_h, kv_bound)
-  float* blur_weight;      // (blur_size_max,)
-  const float** blur_rows; // (max(blur_size_max, kv_bound),): row pointers of the blur and of the vertical resize
+  float* blur_weight;      // (kBlurRows - 1 zeros, blur_size_max, kBlurRows - 1 zeros)
+  const float** blur_rows; // row pointers of the vertical blur and of the vertical resize
   float* row;              // (C, wp): an output row when it does not live in the view
-  float* column_blur;      // (C, wp): a row after the vertical blur
+  float* column_blur;      // (kBlurRows, C, wp): rows after the vertical blur
   float* padded;           // (wp + blur_size_max): one channel of that row, reflect-padded
   float* normalised;       // (C, wp)
   float* interleaved;      // (wp, C): a normalised row in channels_last order
@@ -219,10 +222,10 @@ struct Scratch {
     v_start = a.take<int64_t>(d.out_h);
     v_count = a.take<int64_t>(d.out_h);
     v_weight = a.take<float>(d.out_h * d.kv_bound);
-    blur_weight = a.take<float>(d.blur_size_max);
-    blur_rows = a.take<const float*>(std::max(d.blur_size_max, d.kv_bound));
+    blur_weight = a.take<float>(d.blur_size_max + 2 * (kBlurRows - 1));
+    blur_rows = a.take<const float*>(std::max(d.blur_size_max + kBlurRows - 1, d.kv_bound));
     row = a.take<float>(row_floats);
-    column_blur = a.take<float>(row_floats);
+    column_blur = a.take<float>(kBlurRows * row_floats);
     padded = a.take<float>(d.wp + d.blur_size_max);
     normalised = a.take<float>(row_floats);
     interleaved = a.take<float>(row_floats);
@@ -328,7 +331,11 @@ Plan make_plan(const Sample& s, const Dims& d, Scratch& w) {
   }
   plan.ring_slots = resize_taps(s.crop_h, d.out_h, 1.0, w.v_start, w.v_count, w.v_weight, d.kv_bound);
   plan.vertical_first = s.crop_h > d.out_h;
-  plan.blur_radius = s.sigma > 0.0f ? blur_taps(s.blur_size, s.sigma, w.blur_weight) : -1;
+  plan.blur_radius = -1;
+  if (s.sigma > 0.0f) {
+    std::fill(w.blur_weight, w.blur_weight + s.blur_size + 2 * (kBlurRows - 1), 0.0f);
+    plan.blur_radius = blur_taps(s.blur_size, s.sigma, w.blur_weight + kBlurRows - 1);
+  }
   return plan;
 }
 
@@ -551,15 +558,68 @@ double gray_sum(const float* row, int64_t wp, int64_t n) {
   return sum;
 }
 
-// Vertical then horizontal Gaussian of output row y of the view (both reflect-padded) into dst (C, wp).
-template <int C>
-void blur_row(const Dims& d, const Plan& plan, Scratch& w, int64_t y, float* dst) {
-  const int64_t wp = d.wp, n = d.out_w, radius = plan.blur_radius, taps = 2 * radius + 1;
+// out[r][x0 : x0 + 8 V] for the R output rows r: sum over input rows i of weight[i - r] * rows[i][x0 : ...]
+// (weight is zero outside the taps, so every input row feeds every accumulator without a branch).
+template <int R, int V>
+inline void blur_block(const float* const* rows, int64_t inputs, const float* weight, float* out, int64_t out_stride,
+                       int64_t x0) {
+  v8f acc[R][V] = {};
+  for (int64_t i = 0; i < inputs; ++i) {
+    v8f in[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) in[v] = load8(rows[i] + x0 + v * kLanes);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const v8f k = splat(weight[i - r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][v] += k * in[v];
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) store8(out + r * out_stride + x0 + v * kLanes, acc[r][v]);
+  }
+}
+
+// Vertical Gaussian (reflect-padded) of output rows y .. y + R - 1 of the view into w.column_blur (R, C, wp).
+template <int C, int R>
+void blur_columns(const Dims& d, const Plan& plan, Scratch& w, int64_t y) {
+  const int64_t n = C * d.wp, radius = plan.blur_radius, inputs = 2 * radius + R;
   const float** rows = w.blur_rows;
-  for (int64_t t = 0; t < taps; ++t) rows[t] = w.view + reflect(y + t - radius, d.out_h) * C * wp;
-  fir(taps, w.blur_weight, [&](int64_t t) { return rows[t]; }, w.column_blur, C * wp);
+  for (int64_t i = 0; i < inputs; ++i) rows[i] = w.view + reflect(y - radius + i, d.out_h) * n;
+  const float* weight = w.blur_weight + kBlurRows - 1;
+  int64_t x = 0;
+  for (; x + 2 * kLanes <= n; x += 2 * kLanes) blur_block<R, 2>(rows, inputs, weight, w.column_blur, n, x);
+  if (x < n) blur_block<R, 1>(rows, inputs, weight, w.column_blur, n, x);
+}
+
+// out[x0 : x0 + 8 V] = sum_t weight[t] * pad[x0 + t : ...] for a symmetric kernel of 2 radius + 1 taps, folded:
+// one FMA per pair of taps (the Gaussian is exactly symmetric: exp(-(t/s)^2/2) does not see the sign of t).
+template <int V>
+inline void symmetric_block(int64_t radius, const float* weight, const float* pad, float* out, int64_t x0) {
+  v8f acc[V];
+  const v8f centre = splat(weight[radius]);
+#pragma GCC unroll 8
+  for (int v = 0; v < V; ++v) acc[v] = centre * load8(pad + x0 + v * kLanes + radius);
+  for (int64_t t = 0; t < radius; ++t) {
+    const v8f k = splat(weight[t]);
+    const float* left = pad + x0 + t;
+    const float* right = pad + x0 + 2 * radius - t;
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) acc[v] += k * (load8(left + v * kLanes) + load8(right + v * kLanes));
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < V; ++v) store8(out + x0 + v * kLanes, acc[v]);
+}
+
+// Horizontal Gaussian (reflect-padded) of one vertically blurred row (C, wp) into dst (C, wp).
+template <int C>
+void blur_row(const Dims& d, const Plan& plan, Scratch& w, const float* columns, float* dst) {
+  const int64_t wp = d.wp, n = d.out_w, radius = plan.blur_radius;
+  const float* weight = w.blur_weight + kBlurRows - 1;
   for (int c = 0; c < C; ++c) {
-    const float* col = w.column_blur + c * wp;
+    const float* col = columns + c * wp;
     float* pad = w.padded;
     std::memcpy(pad + radius, col, sizeof(float) * n);
     for (int64_t i = 0; i < radius; ++i) {
@@ -567,7 +627,10 @@ void blur_row(const Dims& d, const Plan& plan, Scratch& w, int64_t y, float* dst
       pad[radius + n + i] = col[reflect(n + i, n)];
     }
     std::fill(pad + n + 2 * radius, pad + wp + 2 * radius, 0.0f);
-    fir(taps, w.blur_weight, [&](int64_t t) { return pad + t; }, dst + c * wp, wp);
+    float* out = dst + c * wp;
+    int64_t x = 0;
+    for (; x + 4 * kLanes <= wp; x += 4 * kLanes) symmetric_block<4>(radius, weight, pad, out, x);
+    for (; x < wp; x += kLanes) symmetric_block<1>(radius, weight, pad, out, x);
   }
 }
 
@@ -701,9 +764,17 @@ void run_sample(const Sample& s, const Dims& d, Scratch& w, float* view, double*
     if (team > 1) {
 #pragma omp barrier
     }
-    for (int64_t y = y0; y < y1; ++y) {
-      blur_row<C>(d, plan, w, y, w.row);
-      store_row<T, C>(s, d, w, o, b, y, w.row);
+    for (int64_t y = y0; y < y1;) {
+      const int64_t rows = y + kBlurRows <= y1 ? kBlurRows : 1;
+      if (rows == kBlurRows) {
+        blur_columns<C, kBlurRows>(d, plan, w, y);
+      } else {
+        blur_columns<C, 1>(d, plan, w, y);
+      }
+      for (int64_t r = 0; r < rows; ++r, ++y) {
+        blur_row<C>(d, plan, w, w.column_blur + r * C * d.wp, w.row);
+        store_row<T, C>(s, d, w, o, b, y, w.row);
+      }
     }
   }
   if (team > 1) {  // the next sample overwrites the shared view
