@@ -404,3 +404,18 @@ def test_cpp_kernel_checks_name_the_tensor(backend):
         call = {**args, **change}
         with pytest.raises(RuntimeError, match=match):
             kernel(*call.values())
+
+
+@pytest.mark.parametrize("backend", CPP)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpp_streaming_stores_match(backend, out_dtype, channels_last):
+    """Outputs of 8 MiB and more take non-temporal stores; the values are those of a small call."""
+    images = _images(40, 32, 32, seed=8)
+    params = random_params(images, seed=8, blur_size=7)
+    big = augment(images, params, 224, MEAN, STD, out_dtype=out_dtype, channels_last=channels_last,
+                  backend=backend)
+    assert big.numel() * big.element_size() >= 8 << 20
+    small = augment(images[:3], params.select(slice(0, 3)), 224, MEAN, STD, out_dtype=out_dtype,
+                    channels_last=channels_last, backend=backend)
+    assert torch.equal(big[:3], small)
