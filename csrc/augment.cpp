@@ -25,6 +25,7 @@
 // resize ~0.13, jitter ~0.13 (hue most), blur ~0.27 at sigma 2 (in half of the views, sigma in (0.1, 2)).
 #include "augment.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
 
@@ -928,6 +929,8 @@ void augment(const Tensor& data, const Tensor& offsets, const Tensor& heights, c
   const auto out_dtype = out.scalar_type();
   TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf,
               "out must be float32, bfloat16 or float16, got ", out_dtype);
+  TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes,
+              "out must not have elements that share memory (strides ", out.strides(), ")");
 
   const uint8_t* data_p = data.data_ptr<uint8_t>();
   const int64_t* off_p = offsets.data_ptr<int64_t>();

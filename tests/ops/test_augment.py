@@ -397,6 +397,7 @@ def test_cpp_kernel_checks_name_the_tensor(backend):
         ({"float_params": floats.double()}, "float_params must be Float"),
         ({"out": torch.empty(2, 3, 4, 4, dtype=torch.float64)}, "out must be float32, bfloat16 or float16"),
         ({"out": torch.empty(2, 1, 4, 4)}, "out must have shape \\(2, 3, out_h, out_w\\)"),
+        ({"out": torch.empty(2, 3, 1, 4).expand(2, 3, 4, 4)}, "out must not have elements that share memory"),
         ({"std": std[:2]}, "std must have shape \\(3,\\)"),
         ({"int_params": taller_crop}, "crop box .* of sample 0 is not inside"),
     ]
