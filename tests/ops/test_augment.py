@@ -272,7 +272,7 @@ def test_bad_packed_images():
 
 # ---------------------------------------------------------------------------------------------------------------
 # C++ kernel specifics: thread layouts (whole samples, row bands), out strides, determinism, sample independence,
-# the resize code paths, the kernel's own checks
+# the resize code paths, the kernel's own checks, non-temporal stores for large outputs
 # ---------------------------------------------------------------------------------------------------------------
 
 CPP = [p for p in fused_backends(op="augment") if p.values[0] == "cpp"]
