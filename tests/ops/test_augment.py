@@ -373,3 +373,155 @@ def test_triton_cuda_contract_tolerance(source, out_size, out_dtype, channels_la
     ref_same = augment_reference(images, params, out_size, MEAN, STD, out_dtype=out_dtype,
                                  compute_dtype=torch.float32)
     assert_error_within("triton augment (CUDA)", out, ref64, ref_same, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# C++ kernel specifics: thread layouts (whole samples, row bands), out strides, determinism, sample independence,
+# the resize code paths, the kernel's own checks, non-temporal stores for large outputs
+# ---------------------------------------------------------------------------------------------------------------
+
+CPP = [p for p in fused_backends(op="augment") if p.values[0] == "cpp"]
+
+
+def _every_op_params(images, seed):
+    """random_params with every sample jittered (contrast in the middle of the order) and blurred."""
+    p = random_params(images, seed=seed, blur_size=9)
+    b = len(p)
+    p.jitter = torch.ones(b, dtype=torch.bool)
+    p.jitter_order = torch.tensor([2, 1, 3, 0]).repeat(b, 1)
+    p.blur_sigma = torch.linspace(0.5, 2.0, b)
+    return p
+
+
+def _with_threads(threads, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cpp_kernel():
+    from fastssl import _dispatch
+
+    return _dispatch.extension()[0].augment
+
+
+def _call_kernel(images, params, out):
+    packed = images if isinstance(images, PackedImages) else PackedImages.from_list(list(images))
+    ints, floats = params.packed()
+    c = packed.channels
+    _cpp_kernel()(packed.data, packed.offsets, packed.heights, packed.widths, c, ints, floats,
+                  torch.tensor(MEAN[:c]), torch.tensor(STD[:c]), out)
+    return out
+
+
+@pytest.mark.parametrize("backend", CPP)
+@pytest.mark.parametrize("channels", [3, 1])
+def test_cpp_thread_layouts_agree(backend, channels):
+    """Row bands (B < threads, and the B mod threads tail) give the bits of whole samples on one thread."""
+    images = _images(5, 31, 43, channels=channels, seed=13)
+    params = _every_op_params(images, seed=13)
+
+    def run():
+        return augment(images, params, (19, 23), MEAN[:channels], STD[:channels], backend=backend)
+
+    expected = _with_threads(1, run)
+    for threads in (2, 3, 4):
+        assert torch.equal(_with_threads(threads, run), expected), f"{threads} threads"
+    one = images[2:3]
+    one_params = params.select(slice(2, 3))
+    out = _with_threads(4, lambda: check_backend(backend, one, one_params, (19, 23)))
+    assert torch.equal(out, expected[2:3])
+
+
+@pytest.mark.parametrize("backend", CPP)
+def test_cpp_deterministic_and_samples_independent(backend):
+    images = _images(4, 29, 37, seed=21)
+    params = _every_op_params(images, seed=21)
+    first = augment(images, params, 17, MEAN, STD, backend=backend)
+    assert torch.equal(augment(images, params, 17, MEAN, STD, backend=backend), first)
+    others = _images(4, 29, 37, seed=22)
+    others[0] = images[0]
+    other_params = _every_op_params(others, seed=22)
+    for field in other_params.__dataclass_fields__:
+        getattr(other_params, field)[0] = getattr(params, field)[0]
+    changed = augment(others, other_params, 17, MEAN, STD, backend=backend)
+    assert torch.equal(changed[0], first[0])
+    assert not torch.equal(changed[1:], first[1:])
+
+
+@pytest.mark.parametrize("backend", CPP)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpp_writes_through_any_out_strides(backend, out_dtype):
+    images = _images(3, 20, 26, seed=5)
+    params = random_params(images, seed=5, blur_size=5)
+    b, c, h, w = 3, 3, 11, 13
+    expected = _call_kernel(images, params, torch.empty(b, c, h, w, dtype=out_dtype))
+    layouts = {
+        "channels_last": torch.empty(b, c, h, w, dtype=out_dtype, memory_format=torch.channels_last),
+        "w-major": torch.empty(b, c, w, h, dtype=out_dtype).transpose(2, 3),
+        "every other column": torch.empty(b, c, h, 2 * w, dtype=out_dtype)[..., ::2],
+        "(B, H, C, W)": torch.empty(b, h, c, w, dtype=out_dtype).permute(0, 2, 1, 3),
+    }
+    for name, out in layouts.items():
+        assert torch.equal(_call_kernel(images, params, out), expected), name
+
+
+@pytest.mark.parametrize("backend", CPP)
+@pytest.mark.parametrize("crop,out_size", [
+    ((40, 30), (47, 45)),  # upscale both ways: permute window, ring of resampled rows
+    ((10, 60), (17, 19)),  # wide crop, 3x downscale across: gathers
+    ((60, 12), (17, 13)),  # tall crop: rows filtered first, then the permute window
+    ((60, 60), (9, 9)),    # 6.7x downscale: rows first, then gathers
+    ((1, 60), (5, 7)),     # one source row stretched
+])
+def test_cpp_resize_paths(backend, crop, out_size):
+    images = _images(2, 64, 64, seed=crop[0])
+    params = AugmentParams.identity(2, 64, 64)
+    params.crop = torch.tensor([[1, 2, *crop], [3, 4, *crop]])
+    params.flip = torch.tensor([False, True])
+    check_backend(backend, images, params, out_size)
+
+
+@pytest.mark.parametrize("backend", CPP)
+def test_cpp_kernel_checks_name_the_tensor(backend):
+    images = _images(2, 8, 8)
+    params = AugmentParams.identity(2, 8, 8)
+    packed = PackedImages.from_list(list(images))
+    ints, floats = params.packed()
+    kernel = _cpp_kernel()
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    args = {"data": packed.data, "offsets": packed.offsets, "heights": packed.heights,
+            "widths": packed.widths, "channels": 3, "int_params": ints, "float_params": floats, "mean": mean,
+            "std": std, "out": torch.empty(2, 3, 4, 4)}
+    taller_crop = ints + torch.tensor([0, 0, 1, 0] + [0] * 9)
+    bad = [
+        ({"int_params": ints[:, :12]}, "int_params must have shape \\(2, 13\\)"),
+        ({"float_params": floats.double()}, "float_params must be Float"),
+        ({"out": torch.empty(2, 3, 4, 4, dtype=torch.float64)}, "out must be float32, bfloat16 or float16"),
+        ({"out": torch.empty(2, 1, 4, 4)}, "out must have shape \\(2, 3, out_h, out_w\\)"),
+        ({"out": torch.empty(2, 3, 1, 4).expand(2, 3, 4, 4)}, "out must not have elements that share memory"),
+        ({"std": std[:2]}, "std must have shape \\(3,\\)"),
+        ({"int_params": taller_crop}, "crop box .* of sample 0 is not inside"),
+    ]
+    for change, match in bad:
+        call = {**args, **change}
+        with pytest.raises(RuntimeError, match=match):
+            kernel(*call.values())
+
+
+@pytest.mark.parametrize("backend", CPP)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpp_streaming_stores_match(backend, out_dtype, channels_last):
+    """Outputs of 8 MiB and more take non-temporal stores; the values are those of a small call."""
+    images = _images(40, 32, 32, seed=8)
+    params = random_params(images, seed=8, blur_size=7)
+    big = augment(images, params, 224, MEAN, STD, out_dtype=out_dtype, channels_last=channels_last,
+                  backend=backend)
+    assert big.numel() * big.element_size() >= 8 << 20
+    small = augment(images[:3], params.select(slice(0, 3)), 224, MEAN, STD, out_dtype=out_dtype,
+                    channels_last=channels_last, backend=backend)
+    assert torch.equal(big[:3], small)
