@@ -2,6 +2,7 @@
 
     fastssl pretrain --method simclr --data cifar10 --out runs/simclr --budget-minutes 15
     fastssl eval --checkpoint runs/simclr/last.pt --data cifar10
+    fastssl finetune --checkpoint runs/simclr/last.pt --data cifar10 --label-fraction 0.1
     fastssl info
     fastssl bench contrastive|augment|masking [args]
 """
@@ -61,13 +62,26 @@ def info(out=sys.stdout) -> int:
     return 0
 
 
-def bench(args: argparse.Namespace) -> int:
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"bench_{args.op}.py"
+BENCH_OPS = ("contrastive", "augment", "masking")
+
+
+def bench(argv: list[str]) -> int:
+    """`fastssl bench OP [args]` runs benchmarks/bench_<OP>.py; `fastssl bench --method M [args]` runs
+    benchmarks/bench_method.py. The arguments after OP (or all of them with --method) go to the script."""
+    if argv and argv[0] in BENCH_OPS:
+        name, rest = argv[0], argv[1:]
+    elif "--method" in argv or any(a.startswith("--method=") for a in argv):
+        name, rest = "method", argv
+    else:
+        print(f"usage: fastssl bench {{{','.join(BENCH_OPS)}}} [args] | fastssl bench --method M [--data D] [args]",
+              file=sys.stderr)
+        return 2 if argv not in ([], ["-h"], ["--help"]) else 0
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"bench_{name}.py"
     if not script.exists():
         print(f"fastssl bench: {script} not found (benchmarks ship with the source tree, not the wheel)",
               file=sys.stderr)
         return 2
-    sys.argv = [str(script)] + args.rest
+    sys.argv = [str(script)] + rest
     runpy.run_path(str(script), run_name="__main__")
     return 0
 
@@ -189,24 +203,59 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_parser(sub) -> None:
+    p = sub.add_parser(
+        "finetune", help="fine-tune a checkpoint's backbone on a fraction of the labels, against training from scratch",
+        description="Semi-supervised transfer, as SimCLR and BYOL report it: fine-tune the whole pretrained backbone "
+                    "with a linear head on a class-balanced fraction of the training labels, then train the same "
+                    "backbone from random initialisation on the same labels. Prints `finetune_top1: <float>` and "
+                    "`scratch_top1: <float>` (test split).")
+    p.add_argument("--checkpoint", required=True, help="a fastssl checkpoint, e.g. runs/simclr/last.pt")
+    p.add_argument("--data", help="the labelled dataset (default: the one the checkpoint was trained on)")
+    p.add_argument("--label-fraction", type=float, default=0.1, help="share of the training labels, e.g. 0.01, 0.1, 1")
+    p.add_argument("--epochs", type=int, default=30, help="epochs at 100%% labels; smaller fractions get more "
+                                                        "(epochs / sqrt(fraction))")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=0.05, help="SGD (Nesterov, momentum 0.9), cosine schedule")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-scratch", dest="scratch", action="store_false", help="skip the from-scratch baseline")
+
+
+def finetune(args: argparse.Namespace) -> int:
+    from fastssl.eval.evaluate import finetune_checkpoint
+
+    try:
+        finetune_checkpoint(args.checkpoint, args.data, args.label_fraction, args.epochs, args.batch_size, args.lr,
+                            args.device, args.seed, args.scratch)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"fastssl finetune: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastssl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _pretrain_parser(sub)
     _eval_parser(sub)
+    _finetune_parser(sub)
     sub.add_parser("info", help="versions, and which backend of each op runs here (and why not)")
-    p_bench = sub.add_parser("bench", help="run benchmarks/bench_<op>.py (e.g. `fastssl bench contrastive`)")
-    p_bench.add_argument("op", choices=["contrastive", "augment", "masking"], help="which benchmark")
-    p_bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark script")
+    sub.add_parser("bench", add_help=False,
+                   help="`fastssl bench contrastive|augment|masking [args]` (op benchmarks) or `fastssl bench "
+                        "--method M --data D` (end-to-end images/s: fused path vs reference path vs bare model)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "bench":
+        return bench(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "pretrain":
         return pretrain(args)
     if args.command == "eval":
         return evaluate(args)
+    if args.command == "finetune":
+        return finetune(args)
     if args.command == "info":
         return info()
-    if args.command == "bench":
-        return bench(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -8,6 +8,7 @@ normalised with the training statistics (fastssl.ops.augment with identity param
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -53,7 +54,7 @@ def _subset(n: int, limit: Optional[int], seed: int) -> Optional[np.ndarray]:
 
 def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, device: str = "auto",
                         train_limit: Optional[int] = None, test_limit: Optional[int] = None, linear: bool = True,
-                        batch_size: int = 512, plot: bool = True, out=sys.stdout) -> dict[str, float]:
+                        batch_size: int = 512, plot: bool = True, out=None) -> dict[str, float]:
     """Print ``knn_top1: <float>`` (and ``linear_top1: <float>``) for the checkpoint's backbone on ``data``'s test
     split, with the training split as the kNN bank and probe training set. Returns the numbers."""
     from fastssl.data import load_image_dataset
@@ -64,6 +65,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
     from fastssl.models import ResNet
     from fastssl.train.distributed import resolve_device
 
+    out = out or sys.stdout
     state = load_checkpoint(checkpoint)
     data = data or state["config"]["data"]
     dev = resolve_device(device)
@@ -101,4 +103,96 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
         classes = getattr(test, "classes", None) or [str(c) for c in range(int(test_y.max()) + 1)]
         save_scatter_plot(path, pca_2d(test_x), test_y, classes,
                           title=f"{state['method']} step {state['step']}: PCA of test embeddings")
+    return results
+
+
+def _train_classifier(backbone: torch.nn.Module, num_classes: int, train, indices: np.ndarray, test,
+                      view_size, mean, std, epochs: int, batch_size: int, lr: float, device: torch.device,
+                      seed: int, desc: str) -> float:
+    """Fine-tune ``backbone`` + a linear head on ``train[indices]`` (SGD, cosine lr, crop-and-flip views) and
+    return its top-1 accuracy on ``test``."""
+    from tqdm.auto import tqdm
+
+    from fastssl.data import view_pipeline
+    from fastssl.models import ResNet
+    from fastssl.train.optim import cosine_schedule
+
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(backbone.num_features, num_classes)
+    model = torch.nn.Sequential(backbone, head).to(device)
+    channels_last = isinstance(backbone, ResNet)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    pipe = view_pipeline("mae", size=tuple(view_size), mean=tuple(mean), std=tuple(std), channels_last=channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    steps_per_epoch = max(1, math.ceil(len(indices) / batch_size))
+    total = epochs * steps_per_epoch
+    g = torch.Generator().manual_seed(seed)
+    step = 0
+    model.train()
+    with tqdm(total=total, desc=desc, unit="step", disable=total < 20, mininterval=2.0) as bar:
+        for _ in range(epochs):
+            order = indices[torch.randperm(len(indices), generator=g).numpy()]
+            for start in range(0, len(order), batch_size):
+                images, labels = train.batch(order[start:start + batch_size])
+                if images.shape[0] < 2:
+                    continue  # BatchNorm needs two samples
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_schedule(step, total, lr, 0.0)
+                (view,) = pipe(images.to(device), generator=g)
+                loss = torch.nn.functional.cross_entropy(model(view), labels.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                bar.update(1)
+    model.eval()
+    preprocess = make_preprocess(view_size, mean, std, channels_last)
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(test), 512):
+            images, labels = test.batch(np.arange(start, min(start + 512, len(test))))
+            correct += int((model(preprocess(images.to(device))).argmax(1).cpu() == labels).sum())
+    return correct / len(test)
+
+
+def finetune_checkpoint(checkpoint: str | Path, data: Optional[str] = None, label_fraction: float = 0.1,
+                        epochs: int = 30, batch_size: int = 256, lr: float = 0.05, device: str = "auto",
+                        seed: int = 0, scratch: bool = True, out=None) -> dict[str, float]:
+    """Fine-tune the whole pretrained backbone on a class-balanced ``label_fraction`` of the training labels and
+    print ``finetune_top1``; with ``scratch``, also the same backbone trained from random initialisation on the same
+    labels (``scratch_top1``): the gain is what self-supervised pretraining bought."""
+    from fastssl.data import load_image_dataset
+    from fastssl.data.views import ViewPipeline, ViewSpec
+    from fastssl.eval.finetune import class_balanced_subset
+    from fastssl.models import build_backbone
+    from fastssl.train.distributed import resolve_device
+
+    if not 0 < label_fraction <= 1:
+        raise ValueError(f"label_fraction: must lie in (0, 1], got {label_fraction}")
+    out = out or sys.stdout
+    state = load_checkpoint(checkpoint)
+    data = data or state["config"]["data"]
+    dev = resolve_device(device)
+    train = load_image_dataset(data, split="train")
+    test = load_image_dataset(data, split="test")
+    if train.labels is None or test.labels is None:
+        raise ValueError(f"data: {data!r} has no labels; fine-tuning needs them")
+    indices = class_balanced_subset(train.labels, label_fraction, seed=seed).numpy()
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    channels = train.image_shape[-1]
+    mean, std = ViewPipeline([ViewSpec()], mean=tuple(state["mean"]), std=tuple(state["std"])).normalization(channels)
+    # Fewer labels, more epochs: keep the number of steps comparable across fractions.
+    epochs = max(1, round(epochs / max(label_fraction, 1e-9) ** 0.5)) if label_fraction < 1 else epochs
+    print(f"fine-tuning on {len(indices)} labelled images ({label_fraction:.0%}), {epochs} epochs", file=out)
+    results = {}
+    runs = [("finetune_top1", load_backbone(state))]
+    if scratch:
+        spec = state["backbone"]
+        torch.manual_seed(seed)
+        runs.append(("scratch_top1", build_backbone(spec["name"], **spec["kwargs"])))
+    for name, backbone in runs:
+        results[name] = _train_classifier(backbone, num_classes, train, indices, test, state["view_size"], mean, std,
+                                          epochs, batch_size, lr, dev, seed, desc=name.replace("_top1", ""))
+        print(f"{name}: {results[name]:.4f}", file=out, flush=True)
     return results

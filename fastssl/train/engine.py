@@ -99,7 +99,7 @@ class DataOrder:
 class Trainer:
     """Runs one pretraining job described by a :class:`TrainConfig`."""
 
-    def __init__(self, cfg: TrainConfig, out_stream=sys.stdout):
+    def __init__(self, cfg: TrainConfig, out_stream=None):
         cfg.validate()
         self.cfg = cfg
         self.out_stream = out_stream
@@ -416,7 +416,7 @@ class Trainer:
 
     def _print(self, text: str) -> None:
         if self.dist.is_main:
-            print(text, file=self.out_stream, flush=True)
+            print(text, file=self.out_stream or sys.stdout, flush=True)
 
 
 class MetricsWriter:
