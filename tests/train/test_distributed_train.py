@@ -5,7 +5,10 @@ slice, normalises with BatchNorm statistics of the global batch (GlobalBatchNorm
 and computes the contrastive loss against every rank's negatives; DDP averages the gradients. After one large SGD
 step (weights move by up to ~0.2) the weights and BN statistics must match the single-process run up to float32
 reassociation (measured: <= 2e-6). A second step is not compared: on this tiny network it amplifies reassociation
-noise to ~1e-4 even between two single-process runs with 1 and 2 threads.
+noise to ~1e-4 even between two single-process runs with 1 and 2 threads. Both runs use the contiguous layout: the
+early-layer float32 gradients of this BN ResNet carry ~4e-3 relative error against float64 in either layout
+(measured), and channels_last picks other convolution kernels for each batch size, so only runs on the same
+kernels can be compared this tightly.
 """
 
 import os
@@ -27,7 +30,7 @@ def _config(data, out, method, max_steps=1):
     return TrainConfig(method=method, data=str(data), out=str(out), backbone="resnet18",
                        backbone_args={"width": 0.125}, method_args=method_args, batch_size=16, max_steps=max_steps,
                        device="cpu", progress=False, log_every=1, eval_at_end=False, warmup_fraction=0.0,
-                       optimizer="sgd", lr=2.0)
+                       optimizer="sgd", lr=2.0, channels_last=False)
 
 
 def _worker(rank, port, data, out, method):

@@ -123,3 +123,17 @@ def test_sigkill_and_resume_is_bit_exact(cifar_slice, tmp_path):
         assert torch.equal(value, b["method_state"][key]), f"{key} differs after resume"
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_gradient_accumulation_splits_the_batch(cifar_slice, tmp_path):
+    """grad_accum=2: each optimizer step reads two micro-batches of 16 (one image each, no repeats) and the
+    checkpoint counts optimizer steps."""
+    cfg = _config(cifar_slice, tmp_path, "byol", max_steps=3, grad_accum=2)
+    trainer = Trainer(cfg)
+    summary = trainer.run()
+    assert summary["step"] == 3 and math.isfinite(summary["loss"])
+    seen = [trainer.order.global_indices(s, m) for s in range(3) for m in range(2)]
+    assert all(len(x) == 16 for x in seen)
+    flat = [int(i) for x in seen for i in x]
+    assert len(set(flat)) == len(flat)
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
