@@ -137,3 +137,22 @@ def test_gradient_accumulation_splits_the_batch(cifar_slice, tmp_path):
     flat = [int(i) for x in seen for i in x]
     assert len(set(flat)) == len(flat)
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+
+
+def test_image_folder_of_mixed_sizes_trains(tmp_path):
+    """A folder of class sub-folders with images of different sizes: batches travel as PackedImages through the
+    variable-size augmentation path."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / "data" / f"class{c}").mkdir(parents=True)
+        for i in range(12):
+            h, w = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "data" / f"class{c}" /
+                                                                                  f"{i}.png")
+    cfg = _config(tmp_path / "data", tmp_path / "out", "simclr", max_steps=2, batch_size=8,
+                  view_args={"size": 32})
+    summary = Trainer(cfg).run()
+    assert summary["step"] == 2 and math.isfinite(summary["loss"])
