@@ -109,7 +109,6 @@ def time_case(impl: str, batch: int, reps: int, out_dtype=torch.float32, channel
 
 
 def cpu_rows(batch: int, reps: int, impls) -> list[dict]:
-    torch.set_num_threads(torch.get_num_threads())
     rows = [{"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
              "copy_gbps": cpu_copy_gbps()}]
     for impl in impls:

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from fastssl.ops.augment import AugmentParams, ImageBatch, PackedImages, augment
+from fastssl.ops.augment import LUMA, AugmentParams, ImageBatch, PackedImages, as_packed, augment
 
 Tensor = torch.Tensor
 
@@ -159,15 +159,9 @@ def _channels(images: ImageBatch) -> int:
 
 
 def _as_packed_views(images: ImageBatch, count: int) -> PackedImages:
-    """``count`` copies of the batch that share its pixels: the same buffer, the offsets repeated."""
-    if isinstance(images, PackedImages):
-        packed = images
-    else:
-        b, h, w, c = images.shape
-        size = h * w * c
-        device = images.device
-        packed = PackedImages(images.contiguous().view(-1), torch.arange(b, device=device) * size,
-                              torch.full((b,), h, device=device), torch.full((b,), w, device=device), int(c))
+    """``count`` copies of the batch that share its pixels: the same buffer, the offsets repeated (augment
+    validates the result)."""
+    packed = as_packed(images, validate=False)
     if count == 1:
         return packed
     return PackedImages(packed.data, packed.offsets.repeat(count), packed.heights.repeat(count),
@@ -176,6 +170,17 @@ def _as_packed_views(images: ImageBatch, count: int) -> PackedImages:
 
 def _concat(params: Sequence[AugmentParams]) -> AugmentParams:
     return AugmentParams(**{f: torch.cat([getattr(p, f) for p in params]) for f in AugmentParams.__dataclass_fields__})
+
+
+def channel_normalization(mean: Sequence[float], std: Sequence[float],
+                          channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``mean``/``std`` for images with ``channels`` channels: as given, or for single-channel images a
+    three-value mean/std reduced with the ITU-R 601-2 luma weights."""
+    if channels == len(mean):
+        return tuple(mean), tuple(std)
+    if channels == 1 and len(mean) == 3:
+        return (sum(w * m for w, m in zip(LUMA, mean)),), (sum(w * s for w, s in zip(LUMA, std)),)
+    raise ValueError(f"mean, std: {len(mean)} values for images with {channels} channels")
 
 
 @dataclass
@@ -208,16 +213,15 @@ class ViewPipeline:
         heights, widths = _image_sizes(images)
         if heights.shape[0] == 0:
             raise ValueError("images: empty batch")
+        return self.sample_params_for_sizes(heights, widths, generator)
+
+    def sample_params_for_sizes(self, heights: Tensor, widths: Tensor,
+                                generator: Optional[torch.Generator] = None) -> list[AugmentParams]:
+        """As :meth:`sample_params`, from the images' int64 heights and widths (B,) alone."""
         return [sample_view_params(view, heights, widths, generator) for view in self.views]
 
     def normalization(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        if channels == len(self.mean):
-            return tuple(self.mean), tuple(self.std)
-        if channels == 1 and len(self.mean) == 3:
-            luma = (0.2989, 0.587, 0.114)
-            return ((sum(w * m for w, m in zip(luma, self.mean)),),
-                    (sum(w * s for w, s in zip(luma, self.std)),))
-        raise ValueError(f"mean, std: {len(self.mean)} values for images with {channels} channels")
+        return channel_normalization(self.mean, self.std, channels)
 
     def __call__(self, images: ImageBatch, generator: Optional[torch.Generator] = None, backend: str = "auto",
                  params: Optional[Sequence[AugmentParams]] = None) -> list[Tensor]:

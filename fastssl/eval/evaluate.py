@@ -58,12 +58,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
     """Print ``knn_top1: <float>`` (and ``linear_top1: <float>``) for the checkpoint's backbone on ``data``'s test
     split, with the training split as the kNN bank and probe training set. Returns the numbers."""
     from fastssl.data import load_image_dataset
-    from fastssl.data.views import ViewPipeline, ViewSpec
+    from fastssl.data.views import channel_normalization
     from fastssl.eval.features import extract_features
     from fastssl.eval.knn import knn_accuracy
     from fastssl.eval.linear import linear_probe
     from fastssl.models import ResNet
     from fastssl.train.distributed import resolve_device
+    from fastssl.train.engine import dataset_image_shape
 
     out = out or sys.stdout
     state = load_checkpoint(checkpoint)
@@ -77,8 +78,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
     test = load_image_dataset(data, split="test")
     if train.labels is None or test.labels is None:
         raise ValueError(f"data: {data!r} has no labels; kNN and linear evaluation need them")
-    channels = train.image_shape[-1] if hasattr(train, "image_shape") else train.images.channels
-    mean, std = ViewPipeline([ViewSpec()], mean=tuple(state["mean"]), std=tuple(state["std"])).normalization(channels)
+    mean, std = channel_normalization(state["mean"], state["std"], dataset_image_shape(train)[-1])
     preprocess = make_preprocess(state["view_size"], mean, std, channels_last)
 
     def loader(dataset):
@@ -163,10 +163,11 @@ def finetune_checkpoint(checkpoint: str | Path, data: Optional[str] = None, labe
     print ``finetune_top1``; with ``scratch``, also the same backbone trained from random initialisation on the same
     labels (``scratch_top1``): the gain is what self-supervised pretraining bought."""
     from fastssl.data import load_image_dataset
-    from fastssl.data.views import ViewPipeline, ViewSpec
+    from fastssl.data.views import channel_normalization
     from fastssl.eval.finetune import class_balanced_subset
     from fastssl.models import build_backbone
     from fastssl.train.distributed import resolve_device
+    from fastssl.train.engine import dataset_image_shape
 
     if not 0 < label_fraction <= 1:
         raise ValueError(f"label_fraction: must lie in (0, 1], got {label_fraction}")
@@ -180,8 +181,7 @@ def finetune_checkpoint(checkpoint: str | Path, data: Optional[str] = None, labe
         raise ValueError(f"data: {data!r} has no labels; fine-tuning needs them")
     indices = class_balanced_subset(train.labels, label_fraction, seed=seed).numpy()
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    channels = train.image_shape[-1]
-    mean, std = ViewPipeline([ViewSpec()], mean=tuple(state["mean"]), std=tuple(state["std"])).normalization(channels)
+    mean, std = channel_normalization(state["mean"], state["std"], dataset_image_shape(train)[-1])
     # Fewer labels, more epochs: keep the number of steps comparable across fractions.
     epochs = max(1, round(epochs / max(label_fraction, 1e-9) ** 0.5)) if label_fraction < 1 else epochs
     print(f"fine-tuning on {len(indices)} labelled images ({label_fraction:.0%}), {epochs} epochs", file=out)

@@ -95,11 +95,14 @@ class PackedImages:
                 raise ValueError(f"{name}.{field}: on {t.device}, data is on {self.data.device}")
         if batch == 0:
             raise ValueError(f"{name}: empty batch")
-        if bool((self.heights < 1).any()) or bool((self.widths < 1).any()):
-            raise ValueError(f"{name}: every image needs height and width >= 1")
+        sizes_ok = (self.heights >= 1) & (self.widths >= 1)
         ends = self.offsets + self.heights * self.widths * self.channels
-        if bool((self.offsets < 0).any()) or int(ends.max()) > self.data.numel():
-            raise ValueError(f"{name}: an image runs past the end of data ({self.data.numel()} bytes)")
+        inside = (self.offsets >= 0) & (ends <= self.data.numel())
+        if bool((sizes_ok & inside).all()):  # one host sync for both checks (a GPU batch pays it once per call)
+            return
+        if not bool(sizes_ok.all()):
+            raise ValueError(f"{name}: every image needs height and width >= 1")
+        raise ValueError(f"{name}: an image runs past the end of data ({self.data.numel()} bytes)")
 
 
 ImageBatch = Union[Tensor, PackedImages]
@@ -430,7 +433,7 @@ def augment(images: ImageBatch, params: AugmentParams, out_size, mean, std, out_
         >>> views.shape
         torch.Size([8, 3, 32, 32])
     """
-    packed = _as_packed(images)
+    packed = as_packed(images)
     batch, channels = len(packed), packed.channels
     out_h, out_w = _check_out_size(out_size)
     if out_dtype not in OUT_DTYPES:
@@ -454,9 +457,13 @@ def augment(images: ImageBatch, params: AugmentParams, out_size, mean, std, out_
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _as_packed(images: ImageBatch) -> PackedImages:
+def as_packed(images: ImageBatch, validate: bool = True) -> PackedImages:
+    """``images`` as PackedImages: a dense uint8 (B, H, W, C) batch becomes a view of its own buffer (no copy when
+    contiguous). Raises ValueError naming ``images`` for bad input; ``validate=False`` skips the value checks of an
+    already validated PackedImages."""
     if isinstance(images, PackedImages):
-        images.validate("images")
+        if validate:
+            images.validate("images")
         return images
     if not isinstance(images, Tensor):
         raise ValueError(f"images: expected a uint8 tensor (B, H, W, C) or PackedImages, got {type(images).__name__}")

@@ -14,6 +14,7 @@ step as one process on the whole batch.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
 import sys
@@ -81,15 +82,18 @@ class DataOrder:
             raise ValueError(f"batch_size: {batch_size} is larger than the dataset ({num_images} images)")
         self.num_images, self.batch_size, self.grad_accum = num_images, batch_size, grad_accum
         self.world, self.rank, self.seed = world, rank, seed
-        self._epoch, self._perm = -1, None
+        # Keyed by epoch, not one mutable "current" permutation: the prefetch thread reads the next step (possibly
+        # the next epoch) while the main thread draws this step's augmentation parameters.
+        self._permutation = functools.lru_cache(maxsize=2)(self._draw_permutation)
+
+    def _draw_permutation(self, epoch: int) -> np.ndarray:
+        g = torch.Generator().manual_seed(_seed_for(self.seed, epoch, 1))
+        return torch.randperm(self.num_images, generator=g).numpy()
 
     def global_indices(self, step: int, micro: int) -> np.ndarray:
         epoch, position = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(_seed_for(self.seed, epoch, 1))
-            self._perm, self._epoch = torch.randperm(self.num_images, generator=g).numpy(), epoch
         start = position * self.batch_size + micro * self.micro
-        return self._perm[start:start + self.micro]
+        return self._permutation(epoch)[start:start + self.micro]
 
     def local_slice(self) -> slice:
         per_rank = self.micro // self.world
@@ -219,11 +223,9 @@ class Trainer:
 
     def _params(self, step: int, micro: int):
         """The augmentation parameters of the GLOBAL micro-batch, then this rank's slice."""
-        from fastssl.data.views import sample_view_params
-
         g = torch.Generator().manual_seed(_seed_for(self.cfg.seed, step, micro, 2))
         heights, widths = dataset_image_sizes(self.dataset, self.order.global_indices(step, micro))
-        params = [sample_view_params(v, heights, widths, g) for v in self.pipeline.views]
+        params = self.pipeline.sample_params_for_sizes(heights, widths, g)
         local = self.order.local_slice()
         return [p.select(local) for p in params]
 
@@ -231,7 +233,7 @@ class Trainer:
         if self.cfg.profile and self.dist.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def _step(self, step: int, model: nn.Module, prefetch) -> tuple[torch.Tensor, Any]:
+    def _step(self, step: int, model: nn.Module, prefetch) -> tuple[torch.Tensor, Any, float, float]:
         cfg = self.cfg
         device = self.dist.device
         lr = cosine_schedule(step, self.horizon, self.base_lr, self.base_lr * cfg.min_lr_fraction,
@@ -426,12 +428,15 @@ class MetricsWriter:
     def __init__(self, path: Path, start: int, enabled: bool = True):
         self.path, self.enabled = path, enabled
         self.rows: list[dict[str, Any]] = []
+        self.fields: list[str] = []
         self._tensorboard = None
         if not enabled:
             return
         if start > 0 and path.exists():
             with open(path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or [])
+                self.rows = [r for r in reader if int(r["step"]) <= start]
             self._rewrite()
         elif path.exists():
             path.unlink()
@@ -444,15 +449,9 @@ class MetricsWriter:
             return None
         return SummaryWriter(str(self.path.parent / "tensorboard"))
 
-    def _fields(self) -> list[str]:
-        fields: list[str] = []
-        for row in self.rows:
-            fields += [k for k in row if k not in fields]
-        return fields
-
     def _rewrite(self) -> None:
         with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self._fields())
+            writer = csv.DictWriter(f, fieldnames=self.fields)
             writer.writeheader()
             writer.writerows(self.rows)
 
@@ -460,13 +459,14 @@ class MetricsWriter:
         if not self.enabled:
             return
         row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-        before = self._fields()
+        new_fields = [k for k in row if k not in self.fields]
+        self.fields += new_fields
         self.rows.append(row)
-        if self._fields() != before or not self.path.exists():
+        if new_fields or not self.path.exists():
             self._rewrite()  # a new column (or a new file): rewrite with the full header
         else:
             with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=before).writerow(row)
+                csv.DictWriter(f, fieldnames=self.fields).writerow(row)
         if self._tensorboard is not None:
             for key, value in row.items():
                 if key != "step":

@@ -20,6 +20,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # Issue 3's bound on the error of a view before normalisation.
 PIXEL_ATOL = 1.0 / 255
+CPP = [p for p in fused_backends(op="augment") if p.values[0] == "cpp"]
 
 
 def _images(batch, height, width, channels=3, seed=0):
@@ -197,7 +198,7 @@ def test_solarize_other_threshold(backend):
     check_backend(backend, images, params, 12)
 
 
-@pytest.mark.parametrize("backend", [p for p in fused_backends(op="augment") if p.values[0] == "cpp"])
+@pytest.mark.parametrize("backend", CPP)
 @pytest.mark.parametrize("source,out_size", [((256, 256), 224), ((500, 375), 96), ((37, 53), 224),
                                              ((1, 1), 32)])
 def test_cpp_real_sizes(backend, source, out_size):
@@ -380,7 +381,6 @@ def test_triton_cuda_contract_tolerance(source, out_size, out_dtype, channels_la
 # the resize code paths, the kernel's own checks, non-temporal stores for large outputs
 # ---------------------------------------------------------------------------------------------------------------
 
-CPP = [p for p in fused_backends(op="augment") if p.values[0] == "cpp"]
 
 
 def _every_op_params(images, seed):
