@@ -28,7 +28,10 @@ from fastssl.data import (
 )
 from fastssl.ops.augment import PackedImages
 
-CIFAR = resolve_data("cifar10")
+try:
+    CIFAR = resolve_data("cifar10")
+except ValueError as exc:  # a clone without ../shared/data beside it (and no FASTSSL_DATA)
+    pytest.skip(f"the real data is not reachable: {exc}", allow_module_level=True)
 
 
 def decode(jpeg: bytes) -> np.ndarray:
