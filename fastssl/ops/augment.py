@@ -95,6 +95,8 @@ class PackedImages:
                 raise ValueError(f"{name}.{field}: on {t.device}, data is on {self.data.device}")
         if batch == 0:
             raise ValueError(f"{name}: empty batch")
+        if torch.compiler.is_compiling():
+            return  # the value checks below read tensor values: eager calls run them, a traced graph cannot
         sizes_ok = (self.heights >= 1) & (self.widths >= 1)
         ends = self.offsets + self.heights * self.widths * self.channels
         inside = (self.offsets >= 0) & (ends <= self.data.numel())
@@ -440,7 +442,7 @@ def augment(images: ImageBatch, params: AugmentParams, out_size, mean, std, out_
         raise ValueError(f"out_dtype: expected one of {', '.join(map(str, OUT_DTYPES))}, got {out_dtype}")
     mean_t = _check_channel_values("mean", mean, channels, packed.device)
     std_t = _check_channel_values("std", std, channels, packed.device)
-    if bool((std_t == 0).any()):
+    if not torch.compiler.is_compiling() and bool((std_t == 0).any()):
         raise ValueError(f"std: contains 0 ({std_t.tolist()}); normalising would divide by zero")
     _check_params(params, packed)
     chosen = _dispatch.select("augment", backend, packed.device, out_dtype)
@@ -497,7 +499,7 @@ def _check_channel_values(name: str, values, channels: int, device: torch.device
     t = torch.as_tensor(values, dtype=torch.float32).reshape(-1).to(device)
     if t.numel() != channels:
         raise ValueError(f"{name}: expected {channels} values (one per channel), got {t.numel()}")
-    if not bool(torch.isfinite(t).all()):
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: must be finite, got {t.tolist()}")
     return t
 
@@ -513,6 +515,8 @@ def _check_params(params: AugmentParams, packed: PackedImages) -> None:
         if not isinstance(t, Tensor) or tuple(t.shape) != shape:
             got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"params.{field}: expected shape {shape} for a batch of {batch} images, got {got}")
+    if torch.compiler.is_compiling():
+        return  # the value checks below read tensor values (eager calls run them; a traced graph cannot)
     crop = params.crop.to(packed.device, torch.int64)
     heights, widths = packed.heights, packed.widths
     checks = [

@@ -220,6 +220,34 @@ def test_triton_cuda_real_sizes(source, out_size):
     assert ((out.cpu().double() - ref64) * std_t).abs().max().item() <= PIXEL_ATOL
 
 
+@pytest.mark.parametrize("backend", fused_backends(op="augment"))
+def test_opcheck(backend):
+    """The custom op's schema, fake (meta) implementation and dispatch agree (torch.library.opcheck)."""
+    from fastssl.ops.augment import _augment_fused, as_packed
+
+    images = _images(2, 12, 10, seed=9)
+    packed = as_packed(images)
+    int_params, float_params = random_params(images, seed=9, blur_size=3).packed()
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    for out_dtype, channels_last in ((torch.float32, False), (torch.bfloat16, True)):
+        torch.library.opcheck(_augment_fused, (packed.data, packed.offsets, packed.heights, packed.widths, 3,
+                                               int_params, float_params, mean, std, 7, 9, out_dtype, channels_last,
+                                               backend), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("backend", CPP)
+def test_compile_fullgraph_matches_eager(backend, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    images = _images(3, 20, 16, seed=10)
+    params = random_params(images, seed=10, blur_size=5)
+
+    def views(x):
+        return augment(x, params, 11, MEAN, STD, backend=backend)
+
+    compiled = torch.compile(views, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(images), views(images), atol=0, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input names the argument
 # ---------------------------------------------------------------------------------------------------------------
