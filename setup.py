@@ -3,6 +3,8 @@
 The CUDA kernels in csrc/cuda/*.cu are compiled into the same extension only where torch was built with CUDA
 and nvcc is found (set FASTSSL_NO_CUDA=1 to skip them). The top-level kernels/ folder (Triton) installs as
 fastssl.kernels. FASTSSL_NO_NATIVE=1 drops -march=native (for building wheels that run on other CPUs).
+FASTSSL_NO_EXTENSION=1 installs the Python package and the Triton kernels only (no fastssl._C: the cpp backends are
+then unavailable and `fastssl info` says why); a GPU machine that needs only the Triton kernels installs in seconds.
 """
 import glob
 import os
@@ -13,6 +15,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def _extensions():
+    if os.environ.get("FASTSSL_NO_EXTENSION", "0") == "1":
+        return []
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
@@ -42,6 +46,8 @@ def _extensions():
 
 
 def _cmdclass():
+    if os.environ.get("FASTSSL_NO_EXTENSION", "0") == "1":
+        return {}
     from torch.utils.cpp_extension import BuildExtension
 
     return {"build_ext": BuildExtension.with_options(use_ninja=True)}

@@ -187,32 +187,49 @@ def gpu_case(op: str, impl: str, size: int, dim: int, dtype: torch.dtype, triton
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return {"error": "OOM"}
+    except Exception as exc:  # noqa: BLE001 - one failing case must not cost a GPU session the other rows
+        torch.cuda.empty_cache()
+        return {"error": f"failed: {type(exc).__name__}: {str(exc)[:200]}"}
     return {"median_ms": ms, "tflops": model_flops(size, size, dim) / (ms * 1e9), "peak_extra_mib": peak / 2**20}
 
 
 def gpu_table(cases, impls, dtypes, budget_s: float, triton_config=None) -> list[dict]:
+    """Every case of the first impl (fastssl's, by default triton) first, then the baselines, so that a spent budget
+    cuts the baselines (torch.compile pays a compilation per shape) rather than fastssl's rows."""
     t_start = time.time()
     peaks = gpu_peaks()
     print(f"GPU {torch.cuda.get_device_name()}: bf16 matmul {peaks['bf16_tflops']:.0f} TFLOP/s, "
           f"copy {peaks['copy_gbps']:.0f} GB/s (measured)", flush=True)
-    rows = [{"peaks": peaks, "device": torch.cuda.get_device_name(), "torch": torch.__version__}]
-    for dtype in dtypes:
-        for op, size, dim in cases:
-            results = {}
-            for impl in impls:
+    head = {"peaks": peaks, "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    results: dict[tuple, dict] = {}
+    order = sorted(impls, key=lambda i: i not in ("triton", "cuda"))
+    spent = False
+    for impl in order:
+        for dtype in dtypes:
+            for op, size, dim in cases:
                 if time.time() - t_start > budget_s:
-                    print(f"budget of {budget_s:.0f} s spent: skipping the rest", flush=True)
-                    return rows
-                results[impl] = gpu_case(op, impl, size, dim, dtype, triton_config)
-                row = {"op": op, "size": size, "D": dim, "dtype": str(dtype).replace("torch.", ""), "impl": impl,
-                       **results[impl]}
+                    spent = True
+                    break
+                r = gpu_case(op, impl, size, dim, dtype, triton_config)
+                row = {"op": op, "size": size, "D": dim, "dtype": str(dtype).replace("torch.", ""), "impl": impl, **r}
                 if "median_ms" in row:
                     row["pct_peak"] = 100 * row["tflops"] / peaks["bf16_tflops"]
-                    for base in ("eager", "compile"):
-                        if base in results and "median_ms" in results[base] and base != impl:
-                            row[f"vs_{base}"] = results[base]["median_ms"] / row["median_ms"]
-                rows.append(row)
+                results[(op, size, dim, row["dtype"], impl)] = row
                 print(_gpu_line(row), flush=True)
+    if spent:
+        print(f"budget of {budget_s:.0f} s spent: skipped the remaining cases", flush=True)
+    rows = [head]
+    for dtype in dtypes:
+        for op, size, dim in cases:
+            for impl in impls:
+                row = results.get((op, size, dim, str(dtype).replace("torch.", ""), impl))
+                if row is None:
+                    continue
+                for base in ("eager", "compile"):
+                    other = results.get((op, size, dim, row["dtype"], base))
+                    if base != impl and other and "median_ms" in other and "median_ms" in row:
+                        row[f"vs_{base}"] = other["median_ms"] / row["median_ms"]
+                rows.append(row)
     return rows
 
 

@@ -371,7 +371,8 @@ class Trainer:
                    "seconds": time.perf_counter() - t_start, "checkpoint": str(self.out / "last.pt")}
         if self.dist.is_main:
             metrics.plot(self.out / "loss.png", f"{cfg.method} on {cfg.data}")
-            self._print(f"done: step {step} ({stopped_by}), loss {last_loss:.4f}, "
+            loss_text = f"{last_loss:.4f}" if step > start else "n/a (no step run)"
+            self._print(f"done: step {step} ({stopped_by}), loss {loss_text}, "
                         f"{summary['seconds']:.0f} s; checkpoint {summary['checkpoint']}")
             if cfg.profile:
                 self._print(self.profile_table(step - start))

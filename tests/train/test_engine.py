@@ -156,3 +156,21 @@ def test_image_folder_of_mixed_sizes_trains(tmp_path):
                   view_args={"size": 32})
     summary = Trainer(cfg).run()
     assert summary["step"] == 2 and math.isfinite(summary["loss"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_trains_on_cuda_with_the_triton_paths(method, cifar_slice, tmp_path):
+    """The CUDA path end to end (pinned prefetch, Triton augmentation and loss, bf16 autocast): a few steps give
+    finite losses and a checkpoint whose weights are finite."""
+    cfg = _config(cifar_slice, tmp_path, method, max_steps=6, device="cuda", batch_size=64, lr=1.0)
+    summary = Trainer(cfg).run()
+    assert summary["step"] == 6
+    import csv
+
+    losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "metrics.csv"))]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses), losses
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["step"] == 6
+    assert all(torch.isfinite(v).all() for v in state["method_state"].values() if v.is_floating_point())
