@@ -108,7 +108,7 @@ def _pretrain_parser(sub) -> None:
         description="Pretrain a backbone with a self-supervised method. Writes OUT/last.pt (atomically, every "
                     "--checkpoint-every steps and at the end), OUT/metrics.csv, OUT/loss.png and OUT/config.yaml. "
                     "Options given on the command line override --config, which overrides the defaults.")
-    p.add_argument("--method", help="simclr | moco_v2 | byol (default simclr)")
+    p.add_argument("--method", help="one of fastssl.methods.METHODS (`fastssl info` lists them; default simclr)")
     p.add_argument("--data", help="cifar10 | mnist | a .npz with x (and y) | an image folder (default cifar10)")
     p.add_argument("--out", help="output folder (default runs/<method>)")
     p.add_argument("--backbone", help="resnet18 | resnet50 | vit_tiny | vit_small (default: the method's)")
