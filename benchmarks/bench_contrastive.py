@@ -163,13 +163,19 @@ def gpu_peaks() -> dict:
     return {"bf16_tflops": 2 * 8192**3 / (ms * 1e9), "copy_gbps": 2 * x.numel() * 4 / (ms_copy * 1e6)}
 
 
+_TRITON_DEFAULTS: dict = {}
+
+
 def gpu_case(op: str, impl: str, size: int, dim: int, dtype: torch.dtype, triton_config=None) -> dict:
     from triton.testing import do_bench
 
-    if impl == "triton" and triton_config and str(dim) in triton_config:
-        from tune_info_nce import apply_config
+    if impl == "triton" and triton_config:
+        from tune_info_nce import KNOBS, apply_config
 
-        apply_config(triton_config[str(dim)])
+        from fastssl.kernels import info_nce as kernels
+
+        defaults = _TRITON_DEFAULTS.setdefault("knobs", {k: getattr(kernels, k) for k in KNOBS})
+        apply_config({**defaults, **triton_config.get(str(dim), {})})  # a dim without a tuned entry: defaults
 
     torch.cuda.synchronize()
     torch.cuda.empty_cache()

@@ -17,7 +17,8 @@ Rows (median of triton.testing.do_bench, CUDA events):
     reference       the per-sample PyTorch reference (float32 on the GPU) on the first few samples, scaled to
                     the batch (marked "scaled"): it is one Python loop of small ops per sample
     triton kernel   fastssl.kernels.augment.augment straight into a preallocated output (the kernels alone)
-    fastssl.ops     fastssl.ops.augment(..., backend="triton"): input checks (one host sync), allocation, kernels
+    fastssl.ops     fastssl.ops.augment(..., backend="triton") with CPU parameters: input checks on the CPU,
+                    two pinned parameter copies, allocation, kernels (no host sync)
     triton kernel, pass subsets   the same kernels with blur off, and with jitter and blur off, to show what
                     each pass costs
     kornia          its AugmentationSequential with the same transforms on float input, if installed
@@ -131,9 +132,11 @@ class Case:
         return step
 
     def ops_step(self, out_dtype: torch.dtype):
-        import fastssl.ops.augment as op
+        import sys
 
-        params = [p.to(self.device) for p in self.params]
+        import fastssl.ops  # noqa: F401 - fastssl.ops.augment the attribute is the function; the module is below
+        op = sys.modules["fastssl.ops.augment"]
+        params = self.params  # CPU parameters, as the trainer passes them: checked on the CPU, sent pinned
 
         def step():
             for p in params:

@@ -107,6 +107,7 @@ def main() -> int:
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--tests-timeout-s", type=float, default=150.0)
     parser.add_argument("--tune-budget-s", type=float, default=0.0)
+    parser.add_argument("--tune-clip", action="store_true", help="tune only the fused CLIP kernels (D = 256)")
     parser.add_argument("--bench-budget-s", type=float, default=110.0)
     parser.add_argument("--augment-budget-s", type=float, default=35.0)
     parser.add_argument("--masking-budget-s", type=float, default=25.0)
@@ -144,12 +145,15 @@ def main() -> int:
                  300, env)
         step("info", [py, "-m", "fastssl", "info"], 60, tail=30)
         if not args.skip_tests:
-            step("gpu tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests"],
+            import importlib.util
+
+            parallel = ["-n", "8"] if importlib.util.find_spec("xdist") else []  # Triton compiles on 8 cores
+            step("gpu tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *parallel, "-m", "gpu", "tests"],
                  args.tests_timeout_s, tail=15)
         tuned = args.out / "triton_config.json"
         if args.tune_budget_s > 0:
             step("tune", [py, "benchmarks/tune_info_nce.py", "--budget-s", str(args.tune_budget_s), "--json",
-                          str(tuned)], args.tune_budget_s + 60)
+                          str(tuned), *(["--clip"] if args.tune_clip else [])], args.tune_budget_s + 60, tail=10)
         json_path = args.out / "bench_contrastive.json"
         bench_cmd = [py, "benchmarks/bench_contrastive.py", "--device", "cuda", "--budget-s",
                      str(args.bench_budget_s), "--json", str(json_path)]
@@ -159,11 +163,13 @@ def main() -> int:
         if json_path.exists():
             table = markdown(json.loads(json_path.read_text()))
             sections.append(f"### contrastive\n\n{table}")
-        step("augment", [py, "benchmarks/gpu_augment.py", "--budget-s", str(args.augment_budget_s), "--json",
-                         str(args.out / "bench_augment.json")], args.augment_budget_s + 60, tail=14)
-        step("masking", [py, "benchmarks/bench_masking.py", "--device", "cuda", "--budget-s",
-                         str(args.masking_budget_s), "--json", str(args.out / "bench_masking.json")],
-             args.masking_budget_s + 60, tail=14)
+        if args.augment_budget_s > 0:
+            step("augment", [py, "benchmarks/gpu_augment.py", "--budget-s", str(args.augment_budget_s), "--json",
+                             str(args.out / "bench_augment.json")], args.augment_budget_s + 60, tail=14)
+        if args.masking_budget_s > 0:
+            step("masking", [py, "benchmarks/bench_masking.py", "--device", "cuda", "--budget-s",
+                             str(args.masking_budget_s), "--json", str(args.out / "bench_masking.json")],
+                 args.masking_budget_s + 60, tail=14)
         step("method", [py, "benchmarks/bench_method.py", "--method", "simclr", "--data", "cifar10", "--device",
                         "cuda", "--batch-size", str(args.train_batch_size), "--steps", str(args.method_steps),
                         "--workers", "8"], 150, tail=6)

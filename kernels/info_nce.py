@@ -261,6 +261,185 @@ def _info_nce_bwd_dk_kernel(
     tl.store(dk_ptr + cols[:, None] * D + dims[None, :], out, mask=col_ok[:, None] & (dims < D)[None, :])
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# CLIP: both directions in one set of passes over S = scale * I T^T (N x N), six matmul-units instead of ten.
+#
+# The two directions as separate InfoNCE calls (image->text, text->image) cost 2 x (forward + dq + dk) = 10
+# matmul-units of 2 N^2 D. Here: the row statistics (m_r, l_r) and column statistics (m_c, l_c) of S take one
+# unit each, then one kernel per row block forms dI and one per column block forms dT from
+#     G_ij = coef * (P^r_ij + P^c_ij - 2 [i == j]),  P^r = exp(S - m_r) / l_r,  P^c = exp(S - m_c) / l_c,
+# two units each. Every kernel computes S through _cosines(I tile, T tile) with the same tile shape, so S is
+# bit-identical in all four, and the statistics are kept as (max, sum) rather than one fp32 log-sum-exp: each
+# P row (column) then sums to 1 within a few ulps, with no renormalisation pass (see the note above the dq
+# kernel for what a rounded lse costs at CLIP's scale of 100).
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _clip_stats_kernel(
+    i_ptr, t_ptr, ri_ptr, rt_ptr, scale_ptr, max_ptr, sum_ptr, diag_ptr,
+    N, D,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BY_ROWS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):
+    """Online (max, sum of exp) of S over the columns of a block of rows (BY_ROWS) or over the rows of a block
+    of columns, and the block's diagonal cosines S_kk / scale (stored by the row pass only)."""
+    dims = tl.arange(0, BLOCK_D).to(tl.int64)
+    scale = tl.load(scale_ptr)
+    if BY_ROWS:
+        own = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        own_ok = own < N
+        x = _load_tile(i_ptr, own, own_ok, dims, D)
+        rx = tl.load(ri_ptr + own, mask=own_ok, other=0.0)
+        m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        l = tl.zeros((BLOCK_M,), tl.float32)
+        diag = tl.zeros((BLOCK_M,), tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
+            col_ok = cols < N
+            y = _load_tile(t_ptr, cols, col_ok, dims, D)
+            ry = tl.load(rt_ptr + cols, mask=col_ok, other=0.0)
+            c = _cosines(x, y, rx, ry, DOT_PRECISION, UPCAST_DOT)
+            diag += tl.sum(tl.where(cols[None, :] == own[:, None], c, 0.0), 1)
+            s = tl.where(col_ok[None, :], c * scale, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            l = l * tl.exp2((m - m_safe) * _LOG2E) + tl.sum(tl.exp2((s - m_safe[:, None]) * _LOG2E), 1)
+            m = m_new
+        tl.store(diag_ptr + own, diag, mask=own_ok)
+    else:
+        own = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+        own_ok = own < N
+        y = _load_tile(t_ptr, own, own_ok, dims, D)
+        ry = tl.load(rt_ptr + own, mask=own_ok, other=0.0)
+        m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        l = tl.zeros((BLOCK_N,), tl.float32)
+        for start in range(0, N, BLOCK_M):
+            rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
+            row_ok = rows < N
+            x = _load_tile(i_ptr, rows, row_ok, dims, D)
+            rx = tl.load(ri_ptr + rows, mask=row_ok, other=0.0)
+            c = _cosines(x, y, rx, ry, DOT_PRECISION, UPCAST_DOT)
+            s = tl.where(row_ok[:, None], c * scale, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            l = l * tl.exp2((m - m_safe) * _LOG2E) + tl.sum(tl.exp2((s - m_safe[None, :]) * _LOG2E), 0)
+            m = m_new
+    tl.store(max_ptr + own, m, mask=own_ok)
+    tl.store(sum_ptr + own, l, mask=own_ok)
+
+
+@triton.jit
+def _clip_grad_tile(c, scale, coef, rows, cols, mr, inv_lr, mc, inv_lc):
+    """G = coef * (P^r + P^c - 2 [i == j]) for one tile of cosines c (padding rows/columns carry m = +inf)."""
+    s = c * scale
+    pr = tl.exp2((s - mr[:, None]) * _LOG2E) * inv_lr[:, None]
+    pc = tl.exp2((s - mc[None, :]) * _LOG2E) * inv_lc[None, :]
+    return coef * (pr + pc - tl.where(rows[:, None] == cols[None, :], 2.0, 0.0))
+
+
+@triton.jit
+def _clip_bwd_kernel(
+    i_ptr, t_ptr, ri_ptr, rt_ptr, scale_ptr, coef_ptr, mr_ptr, lr_ptr, mc_ptr, lc_ptr, grad_ptr, dscale_ptr,
+    N, D,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BY_ROWS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, NORMALIZE: tl.constexpr,
+):
+    """BY_ROWS: dI_i = scale * sum_j G_ij T^_j and the row's sum_j G_ij c_ij (for dscale); else
+    dT_j = scale * sum_i G_ij I^_i. One program owns its output rows: no atomics."""
+    dims = tl.arange(0, BLOCK_D).to(tl.int64)
+    scale = tl.load(scale_ptr)
+    coef = tl.load(coef_ptr)
+    if BY_ROWS:
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_ok = rows < N
+        x = _load_tile(i_ptr, rows, row_ok, dims, D)
+        rx = tl.load(ri_ptr + rows, mask=row_ok, other=0.0)
+        mr = tl.load(mr_ptr + rows, mask=row_ok, other=float("inf"))
+        inv_lr = 1.0 / tl.load(lr_ptr + rows, mask=row_ok, other=1.0)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        dscale_rows = tl.zeros((BLOCK_M,), tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
+            col_ok = cols < N
+            y = _load_tile(t_ptr, cols, col_ok, dims, D)
+            ry = tl.load(rt_ptr + cols, mask=col_ok, other=0.0)
+            mc = tl.load(mc_ptr + cols, mask=col_ok, other=float("inf"))
+            inv_lc = 1.0 / tl.load(lc_ptr + cols, mask=col_ok, other=1.0)
+            c = _cosines(x, y, rx, ry, DOT_PRECISION, UPCAST_DOT)
+            g = _clip_grad_tile(c, scale, coef, rows, cols, mr, inv_lr, mc, inv_lc)
+            g = tl.where(col_ok[None, :], g, 0.0)
+            dscale_rows += tl.sum(g * c, 1)
+            acc += _mma((g * ry[None, :]).to(y.dtype), y, DOT_PRECISION, UPCAST_DOT)
+        out = _project(acc * scale, x, rx, NORMALIZE).to(grad_ptr.dtype.element_ty)
+        tl.store(grad_ptr + rows[:, None] * D + dims[None, :], out, mask=row_ok[:, None] & (dims < D)[None, :])
+        tl.store(dscale_ptr + rows, dscale_rows, mask=row_ok)
+    else:
+        cols = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+        col_ok = cols < N
+        y = _load_tile(t_ptr, cols, col_ok, dims, D)
+        ry = tl.load(rt_ptr + cols, mask=col_ok, other=0.0)
+        mc = tl.load(mc_ptr + cols, mask=col_ok, other=float("inf"))
+        inv_lc = 1.0 / tl.load(lc_ptr + cols, mask=col_ok, other=1.0)
+        acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        for start in range(0, N, BLOCK_M):
+            rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
+            row_ok = rows < N
+            x = _load_tile(i_ptr, rows, row_ok, dims, D)
+            rx = tl.load(ri_ptr + rows, mask=row_ok, other=0.0)
+            mr = tl.load(mr_ptr + rows, mask=row_ok, other=float("inf"))
+            inv_lr = 1.0 / tl.load(lr_ptr + rows, mask=row_ok, other=1.0)
+            c = _cosines(x, y, rx, ry, DOT_PRECISION, UPCAST_DOT)
+            g = _clip_grad_tile(c, scale, coef, rows, cols, mr, inv_lr, mc, inv_lc)
+            g = tl.where(row_ok[:, None], g, 0.0)
+            acc += _mma(tl.trans((g * rx[:, None]).to(x.dtype)), x, DOT_PRECISION, UPCAST_DOT)
+        out = _project(acc * scale, y, ry, NORMALIZE).to(grad_ptr.dtype.element_ty)
+        tl.store(grad_ptr + cols[:, None] * D + dims[None, :], out, mask=col_ok[:, None] & (dims < D)[None, :])
+
+
+def _clip_launch(kernel, by_rows, image, *args, **constexprs):
+    # The backward's tile rule for all four kernels: one tile shape keeps S bit-identical between them.
+    block_d, block, _, num_stages = _config(False, image.shape[1], image.dtype)
+    kernel[(triton.cdiv(image.shape[0], block),)](
+        *args, **constexprs, BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, BY_ROWS=by_rows,
+        DOT_PRECISION=_dot_precision(image.dtype), UPCAST_DOT=_INTERPRETED,
+        num_warps=_NUM_WARPS, num_stages=num_stages,
+    )
+
+
+def clip_forward(image, text, scale, normalize=False):
+    """(loss (0-d float32), stats) for CLIP's symmetric loss over image (N, D) and text (N, D), positives on the
+    diagonal; stats = (row max, row sum, column max, column sum), each (N,) float32, for clip_backward."""
+    _check_embeddings(image=image, text=text)
+    assert image.shape == text.shape, f"image {tuple(image.shape)} and text {tuple(text.shape)} must match"
+    assert text.device == image.device, f"text is on {text.device}, image on {image.device}"
+    _check_scalar("scale", scale, image.device)
+    n, d = image.shape
+    ri, rt = _row_scales(image, text, normalize)
+    stats = [torch.empty(n, dtype=torch.float32, device=image.device) for _ in range(4)]
+    diag = torch.empty(n, dtype=torch.float32, device=image.device)
+    _clip_launch(_clip_stats_kernel, True, image, image, text, ri, rt, scale, stats[0], stats[1], diag, n, d)
+    _clip_launch(_clip_stats_kernel, False, image, image, text, ri, rt, scale, stats[2], stats[3], diag, n, d)
+    positive = diag * scale
+    loss_rows = stats[0] + torch.log(stats[1]) - positive
+    loss_cols = stats[2] + torch.log(stats[3]) - positive
+    return (loss_rows.mean() + loss_cols.mean()) / 2, tuple(stats)
+
+
+def clip_backward(image, text, scale, stats, coef, normalize=False):
+    """d image, d text (input dtype) and dscale (0-d float32), given coef = dL/dS_ij's common factor
+    grad / (2N)."""
+    _check_scalar("coef", coef, image.device)
+    n, d = image.shape
+    ri, rt = _row_scales(image, text, normalize)
+    d_image, d_text = torch.empty_like(image), torch.empty_like(text)
+    dscale_rows = torch.empty(n, dtype=torch.float32, device=image.device)
+    for by_rows, out in ((True, d_image), (False, d_text)):
+        _clip_launch(_clip_bwd_kernel, by_rows, image, image, text, ri, rt, scale, coef, *stats, out, dscale_rows,
+                     n, d, NORMALIZE=normalize)
+    return d_image, d_text, dscale_rows.sum()
+
+
 def _check_embeddings(**tensors):
     dtype = None
     for name, t in tensors.items():

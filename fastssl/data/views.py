@@ -146,7 +146,8 @@ def random_resized_crop(heights: Tensor, widths: Tensor, scale: Sequence[float],
 
 def _image_sizes(images: ImageBatch) -> tuple[Tensor, Tensor]:
     if isinstance(images, PackedImages):
-        return images.heights.cpu(), images.widths.cpu()
+        host = images.sizes_on_host()
+        return host if host is not None else (images.heights.cpu(), images.widths.cpu())
     if not isinstance(images, Tensor) or images.dim() != 4:
         raise ValueError("images: expected a uint8 tensor (B, H, W, C) or PackedImages, got "
                          f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
@@ -162,10 +163,7 @@ def _as_packed_views(images: ImageBatch, count: int) -> PackedImages:
     """``count`` copies of the batch that share its pixels: the same buffer, the offsets repeated (augment
     validates the result)."""
     packed = as_packed(images, validate=False)
-    if count == 1:
-        return packed
-    return PackedImages(packed.data, packed.offsets.repeat(count), packed.heights.repeat(count),
-                        packed.widths.repeat(count), packed.channels)
+    return packed if count == 1 else packed.repeat(count)
 
 
 def _concat(params: Sequence[AugmentParams]) -> AugmentParams:
@@ -232,7 +230,6 @@ class ViewPipeline:
         if len(params) != len(self.views):
             raise ValueError(f"params: expected {len(self.views)} AugmentParams (one per view), got {len(params)}")
         mean, std = self.normalization(_channels(images))
-        device = images.device
         batch = _image_sizes(images)[0].shape[0]
         outputs: list[Optional[Tensor]] = [None] * len(self.views)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -240,7 +237,7 @@ class ViewPipeline:
             groups.setdefault(view.output_size(), []).append(i)
         for size, members in groups.items():
             source = _as_packed_views(images, len(members))
-            joint = _concat([params[i] for i in members]).to(device, non_blocking=True)
+            joint = _concat([params[i] for i in members])  # augment sends CPU parameters in pinned copies
             out = augment(source, joint, size, mean, std, out_dtype=self.out_dtype,
                           channels_last=self.channels_last, backend=backend)
             for j, i in enumerate(members):

@@ -5,8 +5,8 @@ This module holds the op's input types; the op, its reference and its dispatch f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence, Union
+from dataclasses import dataclass, field as dataclass_field
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -24,6 +24,10 @@ class PackedImages:
     ``(heights[b], widths[b], channels)`` (HWC, as decoded). Every image has the same ``channels`` (3 or 1).
 
     data: uint8 (total,); offsets, heights, widths: int64 (B,), on the same device as ``data``.
+
+    ``host_sizes`` (optional): CPU copies of (heights, widths), and ``checked`` marks a batch whose values were
+    already validated. ``to(device)`` of a CPU batch fills both (validating on the CPU, where it costs no device
+    sync), so that ``augment`` on a GPU never waits for the device to read sizes back.
     """
 
     data: Tensor
@@ -31,6 +35,8 @@ class PackedImages:
     heights: Tensor
     widths: Tensor
     channels: int
+    host_sizes: Optional[tuple[Tensor, Tensor]] = dataclass_field(default=None, repr=False, compare=False)
+    checked: bool = dataclass_field(default=False, repr=False, compare=False)
 
     @classmethod
     def from_list(cls, images: Sequence[Tensor], pin_memory: bool = False) -> "PackedImages":
@@ -73,11 +79,30 @@ class PackedImages:
 
     def pin_memory(self) -> "PackedImages":
         return PackedImages(self.data.pin_memory(), self.offsets.pin_memory(), self.heights.pin_memory(),
-                            self.widths.pin_memory(), self.channels)
+                            self.widths.pin_memory(), self.channels, self.host_sizes, self.checked)
 
     def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "PackedImages":
+        """The batch on ``device``. From the CPU, it is validated there first and keeps CPU copies of its sizes."""
+        host_sizes, checked = self.host_sizes, self.checked
+        if self.data.device.type == "cpu":
+            if not checked:
+                self.validate("images")
+            host_sizes, checked = (self.heights, self.widths), True
         return PackedImages(*(t.to(device, non_blocking=non_blocking)
-                              for t in (self.data, self.offsets, self.heights, self.widths)), self.channels)
+                              for t in (self.data, self.offsets, self.heights, self.widths)), self.channels,
+                            host_sizes, checked)
+
+    def repeat(self, count: int) -> "PackedImages":
+        """``count`` copies of the batch sharing its pixels (the same buffer, the index tensors repeated)."""
+        host = None if self.host_sizes is None else tuple(t.repeat(count) for t in self.host_sizes)
+        return PackedImages(self.data, self.offsets.repeat(count), self.heights.repeat(count),
+                            self.widths.repeat(count), self.channels, host, self.checked)
+
+    def sizes_on_host(self) -> Optional[tuple[Tensor, Tensor]]:
+        """CPU (heights, widths) without a device sync, or None when only the device holds them."""
+        if self.heights.device.type == "cpu":
+            return self.heights, self.widths
+        return self.host_sizes
 
     def validate(self, name: str = "images") -> None:
         """Raise ValueError naming ``name`` when the buffer and the index tensors disagree."""
@@ -101,6 +126,7 @@ class PackedImages:
         ends = self.offsets + self.heights * self.widths * self.channels
         inside = (self.offsets >= 0) & (ends <= self.data.numel())
         if bool((sizes_ok & inside).all()):  # one host sync for both checks (a GPU batch pays it once per call)
+            self.checked = True
             return
         if not bool(sizes_ok.all()):
             raise ValueError(f"{name}: every image needs height and width >= 1")
@@ -190,8 +216,14 @@ class AugmentParams:
         return AugmentParams(**{f: getattr(self, f)[index] for f in _FIELDS})
 
     def packed(self, device: Union[str, torch.device, None] = None) -> tuple[Tensor, Tensor]:
-        """(int64 (B, 13), float32 (B, 6)): the rows the kernels read, columns I_* and F_* of this module."""
-        device = self.crop.device if device is None else device
+        """(int64 (B, 13), float32 (B, 6)): the rows the kernels read, columns I_* and F_* of this module.
+        CPU parameters bound for a GPU are packed on the CPU and sent in two pinned, non-blocking copies."""
+        target = self.crop.device if device is None else torch.device(device)
+        source = self.crop.device
+        if source.type == "cpu" and target.type != "cpu":
+            ints, floats = self.packed(source)
+            return _to_device(ints, target), _to_device(floats, target)
+        device = target
         ints = torch.cat([
             self.crop.to(device, torch.int64),
             self.flip.to(device, torch.int64)[:, None],
@@ -208,6 +240,16 @@ class AugmentParams:
 
 
 _FIELDS = tuple(AugmentParams.__dataclass_fields__)
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A CPU tensor on ``device`` without making the host wait for the device's queue: a copy from pageable
+    memory is synchronous, one from pinned memory is not."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -442,8 +484,6 @@ def augment(images: ImageBatch, params: AugmentParams, out_size, mean, std, out_
         raise ValueError(f"out_dtype: expected one of {', '.join(map(str, OUT_DTYPES))}, got {out_dtype}")
     mean_t = _check_channel_values("mean", mean, channels, packed.device)
     std_t = _check_channel_values("std", std, channels, packed.device)
-    if not torch.compiler.is_compiling() and bool((std_t == 0).any()):
-        raise ValueError(f"std: contains 0 ({std_t.tolist()}); normalising would divide by zero")
     _check_params(params, packed)
     chosen = _dispatch.select("augment", backend, packed.device, out_dtype)
     if chosen == "reference":
@@ -464,7 +504,7 @@ def as_packed(images: ImageBatch, validate: bool = True) -> PackedImages:
     contiguous). Raises ValueError naming ``images`` for bad input; ``validate=False`` skips the value checks of an
     already validated PackedImages."""
     if isinstance(images, PackedImages):
-        if validate:
+        if validate and not images.checked:
             images.validate("images")
         return images
     if not isinstance(images, Tensor):
@@ -480,9 +520,11 @@ def as_packed(images: ImageBatch, validate: bool = True) -> PackedImages:
         raise ValueError(f"images: empty images of shape {tuple(images.shape[1:])}")
     device = images.device
     size = height * width * channels
+    host_sizes = (torch.full((batch,), height, dtype=torch.int64), torch.full((batch,), width, dtype=torch.int64))
     return PackedImages(images.contiguous().view(-1), torch.arange(batch, device=device, dtype=torch.int64) * size,
                         torch.full((batch,), height, device=device, dtype=torch.int64),
-                        torch.full((batch,), width, device=device, dtype=torch.int64), int(channels))
+                        torch.full((batch,), width, device=device, dtype=torch.int64), int(channels),
+                        host_sizes, checked=True)  # valid by construction
 
 
 def _check_out_size(out_size) -> tuple[int, int]:
@@ -496,12 +538,16 @@ def _check_out_size(out_size) -> tuple[int, int]:
 
 
 def _check_channel_values(name: str, values, channels: int, device: torch.device) -> Tensor:
-    t = torch.as_tensor(values, dtype=torch.float32).reshape(-1).to(device)
+    """``values`` as float32 (C,) on ``device``; numbers and CPU tensors are checked on the CPU (no device sync)."""
+    t = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
     if t.numel() != channels:
         raise ValueError(f"{name}: expected {channels} values (one per channel), got {t.numel()}")
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name}: must be finite, got {t.tolist()}")
-    return t
+    if not torch.compiler.is_compiling():
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: must be finite, got {t.tolist()}")
+        if name == "std" and bool((t == 0).any()):
+            raise ValueError(f"std: contains 0 ({t.tolist()}); normalising would divide by zero")
+    return _to_device(t, device)
 
 
 def _check_params(params: AugmentParams, packed: PackedImages) -> None:
@@ -517,8 +563,14 @@ def _check_params(params: AugmentParams, packed: PackedImages) -> None:
             raise ValueError(f"params.{field}: expected shape {shape} for a batch of {batch} images, got {got}")
     if torch.compiler.is_compiling():
         return  # the value checks below read tensor values (eager calls run them; a traced graph cannot)
-    crop = params.crop.to(packed.device, torch.int64)
-    heights, widths = packed.heights, packed.widths
+    # Check where the parameters live: CPU parameters against CPU sizes cost no device sync.
+    host_sizes = packed.sizes_on_host()
+    if params.crop.device.type == "cpu" and host_sizes is not None:
+        heights, widths = host_sizes
+    else:
+        params = params.to(packed.device)
+        heights, widths = packed.heights, packed.widths
+    crop = params.crop.to(torch.int64)
     checks = [
         ("params.crop", (crop[:, 0] >= 0) & (crop[:, 1] >= 0) & (crop[:, 2] >= 1) & (crop[:, 3] >= 1)
          & (crop[:, 0] + crop[:, 2] <= heights) & (crop[:, 1] + crop[:, 3] <= widths),
@@ -535,7 +587,7 @@ def _check_params(params: AugmentParams, packed: PackedImages) -> None:
         ("params.solarize_threshold", torch.isfinite(params.solarize_threshold), "must be finite"),
     ]
     # One host sync for all checks; the per-check scan below runs only when something failed.
-    if bool(torch.stack([ok.to(packed.device).all() for _, ok, _ in checks]).all()):
+    if bool(torch.stack([ok.all() for _, ok, _ in checks]).all()):
         return
     for name, ok, rule in checks:
         bad = (~ok).nonzero().flatten()

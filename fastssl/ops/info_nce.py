@@ -245,6 +245,55 @@ def _nt_xent_backward(ctx, grad_loss, grad_lse):
 _nt_xent_fused.register_autograd(_nt_xent_backward, setup_context=_nt_xent_setup)
 
 
+@torch.library.custom_op("fastssl::clip_fused", mutates_args=())
+def _clip_fused(
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, normalize: bool, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both CLIP directions in one set of passes (Triton): the loss and the row/column (max, sum) statistics
+    that the backward reuses (kernels/info_nce.py, clip_forward)."""
+    loss, stats = _kernels(backend).clip_forward(image, text, _scalar_arg(backend, scale), normalize)
+    return (loss, *stats)
+
+
+@_clip_fused.register_fake
+def _(image, text, scale, normalize, backend):
+    n = image.shape[0]
+    return (image.new_empty((), dtype=torch.float32),
+            *(image.new_empty((n,), dtype=torch.float32) for _ in range(4)))
+
+
+@torch.library.custom_op("fastssl::clip_fused_backward", mutates_args=())
+def _clip_fused_backward(
+    grad: torch.Tensor, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, row_max: torch.Tensor,
+    row_sum: torch.Tensor, col_max: torch.Tensor, col_sum: torch.Tensor, normalize: bool, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    coef = (grad / (2 * image.shape[0])).to(torch.float32)  # each direction is a mean over N rows, halved
+    d_image, d_text, dscale = _kernels(backend).clip_backward(
+        image, text, _scalar_arg(backend, scale), (row_max, row_sum, col_max, col_sum), coef, normalize)
+    return d_image, d_text, dscale.reshape(()).to(scale.dtype)
+
+
+@_clip_fused_backward.register_fake
+def _(grad, image, text, scale, row_max, row_sum, col_max, col_sum, normalize, backend):
+    return torch.empty_like(image), torch.empty_like(text), torch.empty_like(scale)
+
+
+def _clip_setup(ctx, inputs, output):
+    image, text, scale, normalize, backend = inputs
+    ctx.save_for_backward(image, text, scale, *output[1:])
+    ctx.normalize, ctx.backend = normalize, backend
+
+
+def _clip_backward(ctx, grad_loss, *grad_stats):
+    image, text, scale, *stats = ctx.saved_tensors
+    d_image, d_text, dscale = _clip_fused_backward(grad_loss, image, text, scale, *stats, ctx.normalize,
+                                                   ctx.backend)
+    return d_image, d_text, dscale, None, None
+
+
+_clip_fused.register_autograd(_clip_backward, setup_context=_clip_setup)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Argument checks: every error names the argument.
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,6 +439,8 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
 def clip_loss_core(image, text, scale, pos, normalize: bool, backend: str, image_keys=None, text_keys=None):
     """Both CLIP directions on the fused primitive. For a distributed batch, queries are this rank's rows and
     the keys are every rank's rows (pos holds each local row's global index)."""
+    if backend == "triton" and image_keys is None and text_keys is None:
+        return _clip_fused(image, text, scale, normalize, backend)[0].to(_stats_dtype(image))
     image_keys = text if image_keys is None else image_keys
     text_keys = image if text_keys is None else text_keys
     exclude = torch.full((image.shape[0],), -1, dtype=torch.int64, device=image.device)

@@ -553,3 +553,32 @@ def test_cpp_streaming_stores_match(backend, out_dtype, channels_last):
     small = augment(images[:3], params.select(slice(0, 3)), 224, MEAN, STD, out_dtype=out_dtype,
                     channels_last=channels_last, backend=backend)
     assert torch.equal(big[:3], small)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("packed", [False, True])
+def test_cuda_pipeline_never_makes_the_host_wait(packed):
+    """The training path (CPU parameters, pinned uint8 batch copied without blocking, views on the GPU) makes no
+    synchronising CUDA call: a host wait per step would drain the GPU's queue and expose the launch latency."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from fastssl.data import view_pipeline
+
+    pipeline = view_pipeline("simclr")
+    if packed:
+        images = PackedImages.from_list([_images(1, h, w, seed=h)[0] for h, w in ((64, 48), (37, 90), (80, 80))],
+                                        pin_memory=True)
+    else:
+        images = _images(6, 64, 48, seed=3).pin_memory()
+    params = pipeline.sample_params(images, torch.Generator().manual_seed(0))
+    for attempt in range(2):  # the first call compiles the kernels
+        if attempt:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            views = pipeline(images.to("cuda", non_blocking=True), params=params, backend="triton")
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    expected = pipeline(images, params=params, backend="reference")
+    for got, ref in zip(views, expected):
+        assert (got.float().cpu() - ref.float()).abs().max().item() < 0.05

@@ -398,3 +398,23 @@ def test_cpp_peak_memory_is_linear_not_quadratic(op):
                          text=True, check=True)
     peak_mib = float(out.stdout.strip().splitlines()[-1])
     assert peak_mib < 32, f"peak extra memory {peak_mib:.1f} MiB (the N x N logits would be 256 MiB)"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_triton_nt_xent_and_clip_never_make_the_host_wait():
+    """Forward and backward of the fused losses make no synchronising CUDA call (a training step must not drain
+    the GPU's queue)."""
+    a = torch.randn(300, 128, device="cuda", requires_grad=True)
+    b = torch.randn(300, 128, device="cuda", requires_grad=True)
+    scale = torch.tensor(14.0, device="cuda", requires_grad=True)
+    for attempt in range(2):  # the first call compiles the kernels
+        if attempt:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            loss = nt_xent(a, b, 0.5, backend="triton") + clip_loss(a, b, scale, backend="triton")
+            loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss).item() and torch.isfinite(a.grad).all().item()
