@@ -114,9 +114,16 @@ def _sample_order(num_samples, indices) -> Tensor:
 
 
 def _check_batch(images, labels, expected: int, start: int) -> tuple[Tensor, Tensor]:
-    images = torch.as_tensor(images)
+    from fastssl.ops.augment import PackedImages
+
     labels = torch.as_tensor(labels)
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[0] != expected:
+    if isinstance(images, PackedImages):  # an image folder of mixed sizes: preprocess takes it as it is
+        if len(images) != expected:
+            raise ValueError(f"load_batch must return {expected} images for the batch at {start}, got {len(images)}")
+    else:
+        images = torch.as_tensor(images)
+    if not isinstance(images, PackedImages) and (images.dtype != torch.uint8 or images.dim() != 4
+                                                 or images.shape[0] != expected):
         raise ValueError(
             f"load_batch must return uint8 images ({expected}, H, W, C) for the batch at {start}, "
             f"got {images.dtype} {tuple(images.shape)}"

@@ -38,6 +38,18 @@ def test_eval_prints_knn_and_linear(pretrained, cifar_slice, capsys):
     assert (pretrained / "last_embeddings_pca.png").exists()
 
 
+def test_eval_on_seeded_subsets(pretrained, cifar_slice, capsys):
+    """--train-limit / --test-limit: the kNN bank and the test set are seeded subsets (the CPU results script uses
+    them); the same limits give the same number twice."""
+    args = ["eval", "--checkpoint", str(pretrained / "last.pt"), "--data", str(cifar_slice), "--no-linear",
+            "--train-limit", "150", "--test-limit", "40"]
+    assert main(args) == 0
+    first = _numbers(capsys.readouterr().out, "knn_top1")
+    assert main(args) == 0
+    assert _numbers(capsys.readouterr().out, "knn_top1") == first
+    assert 0.0 <= first <= 1.0
+
+
 def test_finetune_prints_both_accuracies(pretrained, cifar_slice, capsys):
     assert main(["finetune", "--checkpoint", str(pretrained / "last.pt"), "--data", str(cifar_slice),
                  "--label-fraction", "0.5", "--epochs", "1", "--batch-size", "64", "--device", "cpu"]) == 0
@@ -62,3 +74,28 @@ def test_bench_method_compares_the_three_paths(cifar_slice, capsys):
     out = capsys.readouterr().out
     for path in ("bare", "fastssl", "reference"):
         assert re.search(rf"^\| {path} \| [0-9,.]+ \|", out, re.M), out
+
+
+def test_image_folder_of_mixed_sizes_pretrains_evaluates_and_finetunes(tmp_path, capsys):
+    """An image folder (class sub-folders, mixed sizes) goes through pretrain, eval and finetune: its batches are
+    PackedImages, which the feature extractor and the fine-tuning loop take as they are."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for c in range(2):
+        (tmp_path / "data" / f"class{c}").mkdir(parents=True)
+        for i in range(14):
+            h, w = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / f"class{c}" / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(tmp_path / "data"), "--out", str(run), "--max-steps", "1",
+                 "--batch-size", "8", "--view-arg", "size=32", "--backbone-arg", "width=0.125", "--device", "cpu",
+                 "--no-progress", "--no-eval"]) == 0
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert 0.0 <= _numbers(out, "knn_top1") <= 1.0 and 0.0 <= _numbers(out, "linear_top1") <= 1.0
+    assert main(["finetune", "--checkpoint", str(run / "last.pt"), "--epochs", "1", "--batch-size", "8",
+                 "--label-fraction", "0.5", "--device", "cpu"]) == 0
+    assert 0.0 <= _numbers(capsys.readouterr().out, "finetune_top1") <= 1.0

@@ -1,0 +1,173 @@
+"""Issue 6's results table: every registered method pretrained for a fixed budget, then judged by its metric next
+to the random-initialisation (or unigram) baseline on the same data.
+
+    python benchmarks/method_results.py --budget-minutes 2 --out runs/method_results
+    python benchmarks/method_results.py --methods simclr mae gpt --device cuda --budget-minutes 8
+
+Per method, through the public CLI (what a user runs):
+  1. `fastssl pretrain --method M --budget-minutes B --no-eval` (the method's default data and backbone on the
+     device; on a CPU the default ResNet runs at width 0.25, see fastssl/train/engine.py);
+  2. `fastssl eval --checkpoint .../last.pt` (image methods: weighted kNN top-1, optionally the linear probe; text
+     and multimodal methods print their own metrics, e.g. bits per character against the unigram baseline,
+     masked-token accuracy, zero-shot accuracy);
+  3. the same evaluation of the untrained model (`--max-steps 0`, the same seed, so the same initial weights), once
+     per (backbone, data): the random-initialisation baseline.
+Every `name: number` line that `fastssl eval` prints is recorded. Writes OUT/results.md (the table), OUT/results.json
+and each run's folder (checkpoint, metrics.csv, loss.png). A method whose run fails is reported as failed, with
+its exit code, and the table goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC = re.compile(r"^([a-z][a-z0-9_]*): (-?[0-9.]+(?:e-?[0-9]+)?|nan|inf)\s*$", re.MULTILINE)
+# The metric each table row leads with, in order of preference; the first one printed is the headline.
+HEADLINE = ("knn_top1", "zero_shot_top1", "val_bits_per_char", "masked_accuracy")
+BASELINE_NAMES = {"unigram_bits_per_char": "val_bits_per_char"}  # printed baselines that pair with a metric
+
+
+def run(cmd: list[str], log: Path, timeout: float) -> tuple[int, str]:
+    t0 = time.time()
+    print("$", " ".join(cmd), flush=True)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        code, text = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        code, text = 124, f"{exc.stdout or ''}{exc.stderr or ''}\ntimed out after {timeout:.0f} s"
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n{text}\n[exit {code} after {time.time() - t0:.0f} s]\n")
+    return code, text
+
+
+def metrics(text: str) -> dict[str, float]:
+    return {name: float(value) for name, value in METRIC.findall(text)}
+
+
+def headline(values: dict[str, float]) -> str | None:
+    return next((name for name in HEADLINE if name in values), None)
+
+
+def method_info(name: str) -> dict:
+    from fastssl.methods import METHODS
+
+    cls = METHODS[name]
+    return {"data": getattr(cls, "default_data", "cifar10"), "data_kind": getattr(cls, "data_kind", "image"),
+            "backbone": cls.default_backbone}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="*", help="default: every registered method")
+    parser.add_argument("--budget-minutes", type=float, default=2.0)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--out", type=Path, default=Path("runs/method_results"))
+    parser.add_argument("--linear", action="store_true", help="also the linear probe (image methods)")
+    parser.add_argument("--train-limit", type=int, help="kNN bank / probe training images (default: all)")
+    parser.add_argument("--test-limit", type=int, help="test images (default: all)")
+    parser.add_argument("--batch-size", type=int, help="pretraining batch (default: the trainer's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from fastssl.methods import METHODS
+
+    names = args.methods or sorted(METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; registered: {', '.join(sorted(METHODS))}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "log.txt"
+    py = [sys.executable, "-m", "fastssl"]
+    common = ["--device", args.device, "--seed", str(args.seed), "--no-progress"]
+    if args.batch_size:
+        common += ["--batch-size", str(args.batch_size)]
+    eval_args = ["--device", args.device] + ([] if args.linear else ["--no-linear"])
+    for flag, value in (("--train-limit", args.train_limit), ("--test-limit", args.test_limit)):
+        if value is not None:
+            eval_args += [flag, str(value)]
+    budget_s = args.budget_minutes * 60
+    rows, baselines = [], {}
+    for name in names:
+        info = method_info(name)
+        row = {"method": name, **info, "budget_minutes": args.budget_minutes}
+        run_dir = args.out / name
+        t0 = time.time()
+        code, text = run(py + ["pretrain", "--method", name, "--out", str(run_dir), "--budget-minutes",
+                               str(args.budget_minutes), "--no-eval"] + common, log, budget_s * 2 + 600)
+        row["pretrain_seconds"] = round(time.time() - t0, 1)
+        done = re.search(r"done: step (\d+)", text)
+        row["steps"] = int(done.group(1)) if done else None
+        if code != 0:
+            row["error"] = f"pretrain exit {code}: {text.strip().splitlines()[-1] if text.strip() else ''}"
+            rows.append(row)
+            print(f"{name}: {row['error']}", flush=True)
+            continue
+        code, text = run(py + ["eval", "--checkpoint", str(run_dir / "last.pt")] + eval_args, log, 3600)
+        row["trained"] = metrics(text)
+        if code != 0:
+            row["error"] = f"eval exit {code}: {text.strip().splitlines()[-1] if text.strip() else ''}"
+        # The untrained model: once per (backbone, data); the seed fixes the initial weights.
+        key = f"{info['backbone']}|{info['data']}|{info['data_kind']}" if info["data_kind"] == "image" else name
+        if key not in baselines:
+            init_dir = args.out / f"{name}_init"
+            code_i, _ = run(py + ["pretrain", "--method", name, "--out", str(init_dir), "--max-steps", "0",
+                                  "--no-eval"] + common, log, 600)
+            if code_i == 0:
+                _, text_i = run(py + ["eval", "--checkpoint", str(init_dir / "last.pt")] + eval_args, log, 3600)
+                baselines[key] = metrics(text_i)
+            else:
+                baselines[key] = {}
+        row["random_init"] = baselines[key]
+        rows.append(row)
+        print(f"{name}: {row.get('trained')} vs random init {row['random_init']}", flush=True)
+        (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    table = markdown(rows, args)
+    (args.out / "results.md").write_text(table)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    print("\n" + table)
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+def markdown(rows: list[dict], args) -> str:
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {os.cpu_count()} cores"
+    lines = [f"Budget {args.budget_minutes:g} min of pretraining per method on {name}, torch {torch.__version__}, "
+             f"seed {args.seed}, {time.strftime('%Y-%m-%d')}. Evaluation: "
+             f"{'kNN and linear probe' if args.linear else 'weighted kNN (k = 20)'} for image methods"
+             f"{f', {args.train_limit} bank images' if args.train_limit else ''}"
+             f"{f', {args.test_limit} test images' if args.test_limit else ''}; the method's own metrics otherwise.",
+             "", "| method | data | steps | metric | trained | baseline | baseline is | other metrics |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r and not r.get("trained"):
+            lines.append(f"| {r['method']} | {r['data']} | {r.get('steps') or ''} | failed | | | | {r['error']} |")
+            continue
+        trained, init = r.get("trained", {}), r.get("random_init", {})
+        head = headline(trained)
+        if head is None:
+            lines.append(f"| {r['method']} | {r['data']} | {r.get('steps')} | none printed | | | | |")
+            continue
+        baseline_kind, baseline = "random init", init.get(head)
+        for printed, pairs in BASELINE_NAMES.items():
+            if pairs == head and printed in trained:
+                baseline_kind, baseline = printed.replace("_", " "), trained[printed]
+        others = ", ".join(f"{k} {v:.4g}" for k, v in trained.items() if k != head and k not in BASELINE_NAMES)
+        base = f"{baseline:.4f}" if baseline is not None else ""
+        lines.append(f"| {r['method']} | {r['data']} | {r.get('steps')} | {head} | {trained[head]:.4f} | {base} "
+                     f"| {baseline_kind} | {others} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
