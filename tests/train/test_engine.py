@@ -160,6 +160,21 @@ def test_image_folder_of_mixed_sizes_trains(tmp_path):
     assert summary["step"] == 2 and math.isfinite(summary["loss"])
 
 
+def test_compiled_model_trains_like_eager(cifar_slice, tmp_path, monkeypatch):
+    """--compile (torch.compile of the method's forward, the fused ops inside as custom ops): the same losses as the
+    eager run, step for step, up to the compiler's reordering of float32 sums."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    import csv
+
+    losses = {}
+    for compile_ in (False, True):
+        out = tmp_path / f"compile_{compile_}"
+        Trainer(_config(cifar_slice, out, max_steps=2, batch_size=16, compile=compile_)).run()
+        losses[compile_] = [float(r["loss"]) for r in csv.DictReader(open(out / "metrics.csv"))]
+    assert len(losses[True]) == 2
+    assert losses[True] == pytest.approx(losses[False], rel=2e-3), losses
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", ENGINE_METHODS)
