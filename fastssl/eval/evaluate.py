@@ -4,6 +4,8 @@
 
 The backbone is rebuilt from the checkpoint's spec; images are only resized to the training view size and
 normalised with the training statistics (fastssl.ops.augment with identity parameters), as SSL evaluations do.
+Image-text methods (clip) also get zero-shot accuracy on the test split; text methods (gpt, mlm) get their own
+metrics on the validation split of their corpus instead (fastssl.eval.text).
 """
 
 from __future__ import annotations
@@ -31,6 +33,31 @@ def load_backbone(state: dict) -> torch.nn.Module:
     return backbone
 
 
+def load_method(state: dict) -> torch.nn.Module:
+    """The checkpoint's whole method (backbone, heads, text encoders), rebuilt and loaded, in eval mode."""
+    from fastssl.data import CharTokenizer
+    from fastssl.methods import METHODS
+
+    if state["method"] not in METHODS:
+        raise ValueError(f"checkpoint: method {state['method']!r} is not one of {', '.join(sorted(METHODS))}")
+    cls = METHODS[state["method"]]
+    spec, method_args = state["backbone"], state["config"]["method_args"]
+    if cls.data_kind == "text":
+        method = cls.build_text(CharTokenizer(state["tokenizer_chars"]), spec["kwargs"], method_args)
+    else:
+        method = cls.build(spec["name"], spec["kwargs"], method_args, in_channels=state["image_shape"][-1],
+                           image_size=state["view_size"])
+    method.load_state_dict(state["method_state"])
+    return method.eval()
+
+
+def data_kind(state: dict) -> str:
+    """The checkpoint's method's data kind ("image", "text" or "image_text"; fastssl.methods.base)."""
+    from fastssl.methods import METHODS
+
+    return METHODS[state["method"]].data_kind if state["method"] in METHODS else "image"
+
+
 def make_preprocess(view_size, mean, std, channels_last: bool = False):
     """uint8 images (B, H, W, C) or PackedImages, on any device -> normalised float (B, C, h, w) at the training
     view size: a whole-image crop, resized and normalised."""
@@ -56,7 +83,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
                         train_limit: Optional[int] = None, test_limit: Optional[int] = None, linear: bool = True,
                         batch_size: int = 512, plot: bool = True, out=None) -> dict[str, float]:
     """Print ``knn_top1: <float>`` (and ``linear_top1: <float>``) for the checkpoint's backbone on ``data``'s test
-    split, with the training split as the kNN bank and probe training set. Returns the numbers."""
+    split, with the training split as the kNN bank and probe training set; for an image-text method also
+    ``zero_shot_top1: <float>``. A text method's checkpoint prints its own metrics instead
+    (:func:`fastssl.eval.text.evaluate_text_checkpoint`). Returns the numbers."""
     from fastssl.data import load_image_dataset
     from fastssl.data.views import channel_normalization
     from fastssl.eval.features import extract_features
@@ -68,6 +97,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
 
     out = out or sys.stdout
     state = load_checkpoint(checkpoint)
+    if data_kind(state) == "text":
+        from fastssl.eval.text import evaluate_text_checkpoint
+
+        return evaluate_text_checkpoint(state, data, device=device, out=out)
     data = data or state["config"]["data"]
     dev = resolve_device(device)
     backbone = load_backbone(state).to(dev)
@@ -86,7 +119,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
 
     features = {}
     for name, dataset, limit in (("train", train, train_limit), ("test", test, test_limit)):
-        subset = _subset(len(dataset), limit, seed=1)
+        subset = _subset(len(dataset), limit, seed=1)  # extract_features takes a count or indices, not both
         features[name] = extract_features(backbone, loader(dataset), preprocess,
                                           len(dataset) if subset is None else None, indices=subset,
                                           batch_size=batch_size, device=dev, desc=f"{name} features")
@@ -97,6 +130,17 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
         probe = linear_probe(train_x, train_y, test_x, test_y)
         results["linear_top1"] = float(probe["linear_top1"])
         print(f"linear_top1: {results['linear_top1']:.4f}", file=out, flush=True)
+    if data_kind(state) == "image_text":
+        from fastssl.eval.zero_shot import zero_shot_accuracy
+
+        if not getattr(test, "classes", None):
+            raise ValueError(f"data: {data!r} has no class names; zero-shot classification needs them")
+        method = load_method(state)
+        with torch.no_grad():
+            image_embeddings = method.image_projection(test_x)  # the projection of the backbone features above
+            results["zero_shot_top1"] = zero_shot_accuracy(image_embeddings, test_y,
+                                                           method.class_embeddings(test.classes))
+        print(f"zero_shot_top1: {results['zero_shot_top1']:.4f}", file=out, flush=True)
     if plot:
         from fastssl.eval.plots import pca_2d, save_scatter_plot
 

@@ -6,16 +6,29 @@ A method is an ``nn.Module`` holding its backbone, heads and targets (EMA networ
     outputs = method(views, step=step, horizon=horizon)   # backbone + heads (DDP wraps this call)
     loss = method.loss(outputs)                           # the method's objective, a 0-d tensor
     method.after_step(step + 1, horizon)                  # after the optimizer: EMA updates, schedules
+
+What ``views`` holds depends on the method's ``data_kind``:
+
+- "image": the augmented views of an image batch, each (B, C, H, W) (the engine's view pipeline);
+- "text": the tensors of :meth:`Method.text_inputs`, e.g. token windows (B, T), drawn from a text corpus;
+- "image_text": the first ``num_views`` image views, then the tensors of :meth:`Method.caption_inputs` (the
+  captions of the images' labels).
+
+The engine calls ``text_inputs`` / ``caption_inputs`` on the CPU, on the whole (global) micro-batch, with a
+generator seeded by (seed, step, micro-batch): every random choice in a batch (windows, masks, captions) is a
+function of the step, so a resumed run replays it exactly, and K processes each take their slice of one batch.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 from torch import nn
 
-from fastssl.models import ResNet, build_backbone
+from fastssl.models import ResNet, TextTransformer, build_backbone
+
+DATA_KINDS = ("image", "text", "image_text")
 
 
 def backbone_kwargs(name: str, args: dict[str, Any], in_channels: int, image_size: Sequence[int]) -> dict:
@@ -39,6 +52,11 @@ class Method(nn.Module):
     global_batchnorm: ClassVar[bool] = True  # normalise over the global batch in multi-process runs
     defaults: ClassVar[dict[str, Any]] = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6}
     options: ClassVar[dict[str, Any]] = {}  # the method's own hyper-parameters (method_args) and defaults
+    data_kind: ClassVar[str] = "image"  # one of DATA_KINDS: what the engine feeds forward (module docstring)
+    default_data: ClassVar[str] = "cifar10"  # the data of `fastssl pretrain --method NAME` without --data
+    num_views: ClassVar[Optional[int]] = None  # the view pipeline's first views that forward uses; None: all
+    # Text methods: the TextTransformer's keyword arguments (--backbone-arg overrides them).
+    text_backbone: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, backbone: nn.Module, backbone_spec: dict[str, Any], loss_backend: str = "auto",
                  distributed: bool = False):
@@ -51,15 +69,53 @@ class Method(nn.Module):
     @classmethod
     def build(cls, backbone: str | None, backbone_args: dict, method_args: dict, in_channels: int,
               image_size: Sequence[int], loss_backend: str = "auto", distributed: bool = False) -> "Method":
-        unknown = set(method_args) - set(cls.options)
-        if unknown:
-            raise ValueError(f"method_args: {', '.join(sorted(unknown))} not options of {cls.name}; its options "
-                             f"are {', '.join(f'{k}={v!r}' for k, v in cls.options.items()) or 'none'}")
+        cls.check_method_args(method_args)
         name = backbone or cls.default_backbone
         kwargs = backbone_kwargs(name, backbone_args, in_channels, image_size)
         net = build_backbone(name, **kwargs)
         return cls(net, {"name": name, "kwargs": kwargs}, loss_backend=loss_backend, distributed=distributed,
                    **{**cls.options, **method_args})
+
+    @classmethod
+    def check_method_args(cls, method_args: dict) -> None:
+        unknown = set(method_args) - set(cls.options)
+        if unknown:
+            raise ValueError(f"method_args: {', '.join(sorted(unknown))} not options of {cls.name}; its options "
+                             f"are {', '.join(f'{k}={v!r}' for k, v in cls.options.items()) or 'none'}")
+
+    @classmethod
+    def build_text(cls, tokenizer, backbone_args: dict, method_args: dict, loss_backend: str = "auto",
+                   distributed: bool = False) -> "Method":
+        """A text method (``data_kind == "text"``) on a :class:`TextTransformer` over the ids of ``tokenizer`` (a
+        :class:`~fastssl.data.CharTokenizer`): ``cls.text_backbone`` updated with ``backbone_args`` (dim, depth,
+        num_heads, mlp_ratio, dropout, ...); the position table holds ``block_size`` (a method option) tokens."""
+        cls.check_method_args(method_args)
+        options = {**cls.options, **method_args}
+        kwargs = {**cls.text_backbone, "vocab_size": tokenizer.vocab_size, "max_len": options["block_size"],
+                  **backbone_args}
+        try:
+            net = TextTransformer(**kwargs)
+        except TypeError as exc:
+            raise ValueError(f"backbone_args: {exc}; TextTransformer takes vocab_size, max_len, dim, depth, "
+                             "num_heads, mlp_ratio, causal, lm_head, dropout") from None
+        return cls(net, {"name": "text_transformer", "kwargs": kwargs}, tokenizer=tokenizer,
+                   loss_backend=loss_backend, distributed=distributed, **options)
+
+    def text_window(self) -> int:
+        """Text methods: how many consecutive tokens each training sample holds."""
+        raise NotImplementedError
+
+    def text_inputs(self, windows: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        """Text methods: int64 token windows (B, text_window()) -> the tensors forward receives as ``views``, each
+        with the batch first (e.g. corrupted tokens and their targets). Runs on the CPU; draw only from
+        ``generator``."""
+        return [windows]
+
+    def caption_inputs(self, labels: torch.Tensor, classes: Sequence[str],
+                       generator: torch.Generator) -> list[torch.Tensor]:
+        """Image-text methods: int64 labels (B,) and the class names -> caption tensors (B, ...) that follow the
+        image views in ``views``. Runs on the CPU; draw only from ``generator``."""
+        raise NotImplementedError
 
     @staticmethod
     def convolutional(method: "Method") -> bool:

@@ -13,7 +13,9 @@ class TrainConfig:
     """Everything a pretraining run needs. ``None`` means "the method's default" (each method file states it)."""
 
     method: str = "simclr"
-    data: str = "cifar10"  # a name (cifar10, mnist, shakespeare) under FASTSSL_DATA or ../shared/data, or a path
+    # a name (cifar10, mnist, shakespeare) under FASTSSL_DATA or ../shared/data, or a path; None: the method's
+    # (cifar10 for image methods, shakespeare for text methods)
+    data: Optional[str] = None
     out: str = "runs/simclr"  # writes last.pt, metrics.csv, loss.png (and periodic checkpoints)
     backbone: Optional[str] = None  # resnet18 | resnet50 | vit_tiny | vit_small; None: the method's default
     # e.g. {"width": 0.5}; cifar_stem is automatic. With neither set on a CPU, the default ResNet runs at width 0.25.
@@ -25,7 +27,9 @@ class TrainConfig:
     epochs: int = 100  # SimCLR's CIFAR-10 runs use 100-1000 epochs; the budget below usually stops a CPU run first
     max_steps: Optional[int] = None  # stop after this many optimizer steps (0 writes the untrained model)
     budget_minutes: Optional[float] = None  # wall-clock budget: the schedules are fitted to it after a few steps
-    batch_size: int = 256  # the global batch (summed over ranks); SimCLR's CIFAR-10 setting is 512-1024
+    # the global batch (summed over ranks); None: the method's, 256 for image methods (SimCLR's CIFAR-10 setting is
+    # 512-1024), fewer windows of text for the language models
+    batch_size: Optional[int] = None
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     resume: bool = False  # continue from out/last.pt, bit-exactly
@@ -39,7 +43,7 @@ class TrainConfig:
     warmup_fraction: float = 0.05  # linear lr warm-up over this fraction of the run (SimCLR: 10 of 100+ epochs)
     min_lr_fraction: float = 0.0  # the cosine schedule ends at min_lr_fraction * lr
     grad_accum: int = 1  # micro-batches per optimizer step (the batch is split; negatives stay per micro-batch)
-    clip_grad: Optional[float] = None  # max gradient norm; None: no clipping
+    clip_grad: Optional[float] = None  # max gradient norm; None: the method's (no clipping unless it says so)
 
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | none
     channels_last: Optional[bool] = None  # None: on for convolutional backbones (CPU and GPU)
@@ -85,9 +89,9 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
-        if self.grad_accum < 1 or self.batch_size % self.grad_accum:
+        if self.grad_accum < 1 or (self.batch_size or 0) % self.grad_accum:
             raise ValueError(f"grad_accum: must divide batch_size ({self.batch_size}), got {self.grad_accum}")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError(f"max_steps: must be >= 0, got {self.max_steps}")

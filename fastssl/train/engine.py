@@ -115,13 +115,51 @@ class Trainer:
     # -------------------------------------------------------------------------------------------------------
 
     def _build(self, dist_info: DistInfo) -> None:
-        from fastssl.data import load_image_dataset, view_pipeline
         from fastssl.methods import METHODS
 
         cfg = self.cfg
         if cfg.method not in METHODS:
             raise ValueError(f"method: unknown {cfg.method!r}; choose one of {', '.join(sorted(METHODS))}")
         self.method_cls = METHODS[cfg.method]
+        self.data_kind = self.method_cls.data_kind
+        # None: the method's data set and batch size (a language model's batch counts windows of text)
+        self.cfg = cfg.replace(data=cfg.data or self.method_cls.default_data,
+                               batch_size=cfg.batch_size or self.method_cls.defaults.get("batch_size", 256))
+        self.cfg.validate()
+        if self.data_kind == "text":
+            self._build_text(dist_info)
+        else:
+            self._build_images(dist_info)
+        self._build_optimizer(dist_info)
+
+    def _build_text(self, dist_info: DistInfo) -> None:
+        """A text corpus and a method on a TextTransformer over its characters; no view pipeline."""
+        from fastssl.data import load_text_dataset
+
+        cfg = self.cfg
+        if cfg.backbone is not None:
+            raise ValueError(f"backbone: {cfg.method} is a text method on fastssl.models.TextTransformer; size it "
+                             f"with backbone_args (dim, depth, num_heads, ...) instead of backbone={cfg.backbone!r}")
+        if cfg.views is not None or cfg.view_args:
+            raise ValueError(f"views, view_args: {cfg.method} is a text method; it has no image views")
+        self.dataset = load_text_dataset(cfg.data)
+        self.pipeline = None
+        self.image_shape = None
+        torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed
+        self.method: nn.Module = self.method_cls.build_text(
+            tokenizer=self.dataset.tokenizer, backbone_args=cfg.backbone_args,
+            method_args=cfg.method_args, loss_backend=cfg.loss_backend, distributed=dist_info.world > 1)
+        self.method.to(dist_info.device)
+        self.channels_last = False
+        self.window = self.method.text_window()
+        # One epoch reads as many windows as the training split holds without overlap.
+        self.num_samples = len(self.dataset.train_tokens) // self.window
+
+    def _build_images(self, dist_info: DistInfo) -> None:
+        """An image data set, its view pipeline and a method on an image backbone."""
+        from fastssl.data import load_image_dataset, view_pipeline
+
+        cfg = self.cfg
         self.dataset = load_image_dataset(cfg.data, split="train")
         height, width, channels = dataset_image_shape(self.dataset)
         self.image_shape = (height, width, channels)
@@ -155,35 +193,54 @@ class Trainer:
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
             self.pipeline.channels_last = True
+        if self.method_cls.num_views is not None:
+            self.pipeline.views = self.pipeline.views[:self.method_cls.num_views]
+        if self.data_kind == "image_text" and (self.dataset.labels is None or not self.dataset.classes):
+            raise ValueError(f"data: {cfg.method} builds captions from class names; {cfg.data!r} has no labels "
+                             "or no class names")
+        self.num_samples = len(self.dataset)
+
+    def _build_optimizer(self, dist_info: DistInfo) -> None:
+        """Optimizer, lr and weight-decay schedules, mixed precision, the data order and the step horizon."""
+        cfg = self.cfg
+        device = dist_info.device
         defaults = self.method_cls.defaults
         self.optimizer_name = cfg.optimizer or defaults["optimizer"]
         scaling = cfg.batch_size / 256
         if defaults.get("lr_scaling", "linear") == "sqrt":
             scaling = math.sqrt(scaling)
+        elif defaults.get("lr_scaling", "linear") == "none":  # the lr is given at the method's own batch size
+            scaling = 1.0
         self.base_lr = (cfg.lr if cfg.lr is not None else defaults["lr"]) * scaling
         self.weight_decay = cfg.weight_decay if cfg.weight_decay is not None else defaults["weight_decay"]
         self.weight_decay_end = cfg.weight_decay_end if cfg.weight_decay_end is not None else self.weight_decay
+        self.clip_grad = cfg.clip_grad if cfg.clip_grad is not None else defaults.get("clip_grad")
         groups = parameter_groups([self.method], self.weight_decay)
         self.optimizer = build_optimizer(self.optimizer_name, groups, self.base_lr, cfg.momentum)
         amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.order = DataOrder(len(self.dataset), cfg.batch_size, cfg.grad_accum, dist_info.world,
+        self.order = DataOrder(self.num_samples, cfg.batch_size, cfg.grad_accum, dist_info.world,
                                dist_info.rank, cfg.seed)
         planned = cfg.epochs * self.order.steps_per_epoch
         self.horizon = min(planned, cfg.max_steps) if cfg.max_steps is not None else planned
         self.horizon_fixed = cfg.budget_minutes is None
 
     def _state(self, step: int) -> dict[str, Any]:
-        return {
+        state = {
             "format": ckpt.FORMAT_VERSION, "step": step, "horizon": self.horizon,
             "horizon_fixed": self.horizon_fixed, "config": self.cfg.to_dict(),
             "method": self.cfg.method, "method_state": self.method.state_dict(),
-            "backbone": self.method.backbone_spec(), "view_size": self.pipeline.views[0].output_size(),
-            "image_shape": self.image_shape, "mean": self.pipeline.mean, "std": self.pipeline.std,
+            "backbone": self.method.backbone_spec(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": ckpt.rng_states(), "world": self.dist.world, "torch": torch.__version__,
         }
+        if self.pipeline is not None:
+            state.update(view_size=self.pipeline.views[0].output_size(), image_shape=self.image_shape,
+                         mean=self.pipeline.mean, std=self.pipeline.std)
+        else:  # the vocabulary, so that evaluation and sampling need no corpus to rebuild the tokenizer
+            state["tokenizer_chars"] = "".join(self.dataset.tokenizer.chars)
+        return state
 
     def _save(self, step: int) -> None:
         if self.dist.is_main:
@@ -215,11 +272,51 @@ class Trainer:
     # -------------------------------------------------------------------------------------------------------
 
     def _load(self, step: int, micro: int):
-        """CPU thread: this rank's uint8 images of (step, micro), pinned when they go to a GPU."""
-        images, _ = self.dataset.batch(self.order.global_indices(step, micro)[self.order.local_slice()])
+        """CPU thread: this rank's batch of (step, micro), pinned when it goes to a GPU: uint8 images; for text
+        methods the tensors of ``text_inputs`` instead; for image-text methods the images and their captions."""
+        if self.data_kind == "text":
+            return self._load_text(step, micro)
+        indices = self.order.global_indices(step, micro)
+        images, _ = self.dataset.batch(indices[self.order.local_slice()])
         if self.dist.device.type == "cuda":
             images = images.pin_memory()
+        if self.data_kind == "image_text":
+            labels = torch.from_numpy(self.dataset.labels[indices])
+            captions = self.method.caption_inputs(labels, self.dataset.classes, self._generator(step, micro))
+            return images, self._local(captions)
         return images
+
+    def _load_text(self, step: int, micro: int) -> list[torch.Tensor]:
+        """Windows of the training split at random positions, drawn (with the method's masks or other
+        corruption) for the GLOBAL micro-batch from the (seed, step, micro) generator, then this rank's slice."""
+        g = self._generator(step, micro)
+        windows = self.dataset.sample(self.order.micro, self.window, "train", generator=g)
+        return self._local(self.method.text_inputs(windows, g))
+
+    def _generator(self, step: int, micro: int) -> torch.Generator:
+        """The generator of a batch's random choices other than augmentation (text windows, masks, captions)."""
+        return torch.Generator().manual_seed(_seed_for(self.cfg.seed, step, micro, 3))
+
+    def _local(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """This rank's slice of each global micro-batch tensor, pinned when it goes to a GPU."""
+        local = [t[self.order.local_slice()] for t in tensors]
+        return [t.pin_memory() for t in local] if self.dist.device.type == "cuda" else local
+
+    def _to_device(self, batch):
+        device = self.dist.device
+        if self.data_kind == "text":
+            return [t.to(device, non_blocking=True) for t in batch]
+        if self.data_kind == "image_text":
+            images, captions = batch
+            return images.to(device, non_blocking=True), [t.to(device, non_blocking=True) for t in captions]
+        return batch.to(device, non_blocking=True)
+
+    def _views(self, batch, step: int, micro: int) -> list[torch.Tensor]:
+        """What the method's forward receives for a batch on the device (see fastssl.methods.base)."""
+        if self.data_kind == "text":
+            return batch
+        images, captions = batch if self.data_kind == "image_text" else (batch, [])
+        return self.pipeline(images, params=self._params(step, micro), backend=self.cfg.augment_backend) + captions
 
     def _params(self, step: int, micro: int):
         """The augmentation parameters of the GLOBAL micro-batch, then this rank's slice."""
@@ -245,12 +342,12 @@ class Trainer:
                     else nullcontext())
         for micro in range(cfg.grad_accum):
             t0 = time.perf_counter()
-            images = prefetch.result()
+            batch = prefetch.result()
             nxt = (step, micro + 1) if micro + 1 < cfg.grad_accum else (step + 1, 0)
             prefetch = self.pool.submit(self._load, *nxt) if nxt[0] < self.horizon else None
-            images = images.to(device, non_blocking=True)
+            batch = self._to_device(batch)
             t1 = time.perf_counter()
-            views = self.pipeline(images, params=self._params(step, micro), backend=cfg.augment_backend)
+            views = self._views(batch, step, micro)
             self._sync()
             t2 = time.perf_counter()
             with autocast:
@@ -267,9 +364,9 @@ class Trainer:
             for phase, dt in zip(PHASES[:5], (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                 self.timings[phase] += dt
         t5 = time.perf_counter()
-        if cfg.clip_grad is not None:
+        if self.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.clip_grad)
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -290,8 +387,8 @@ class Trainer:
             shutdown(self.dist)
 
     def _run(self) -> dict[str, Any]:
-        cfg = self.cfg
         self._build(self.dist)
+        cfg = self.cfg  # with the method's data and batch size filled in
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(cfg.to_yaml())
@@ -299,11 +396,15 @@ class Trainer:
         if cfg.resume and start == 0 and not (self.out / "last.pt").exists():
             self._print(f"--resume: no {self.out / 'last.pt'} yet, starting from step 0")
         metrics = MetricsWriter(self.out / "metrics.csv", start, enabled=self.dist.is_main)
-        self._print(f"fastssl pretrain: {cfg.method} on {cfg.data} ({len(self.dataset)} images "
-                    f"{'x'.join(map(str, self.image_shape))}), {self.method.backbone_spec()['name']}, "
+        if self.pipeline is not None:
+            data = f"{len(self.dataset)} images {'x'.join(map(str, self.image_shape))}"
+            inputs = f"views {self.pipeline.name} {self.pipeline.views[0].output_size()}"
+        else:
+            data = f"{len(self.dataset.train_tokens)} training tokens, vocabulary {self.dataset.tokenizer.vocab_size}"
+            inputs = f"windows of {self.window} tokens"
+        self._print(f"fastssl pretrain: {cfg.method} on {cfg.data} ({data}), {self.method.backbone_spec()['name']}, "
                     f"batch {cfg.batch_size} on {self.dist.world} x {self.dist.device}, {self.optimizer_name} "
-                    f"lr {self.base_lr:.3g}, views {self.pipeline.name} {self.pipeline.views[0].output_size()}, "
-                    f"steps {start} -> {self.horizon}")
+                    f"lr {self.base_lr:.3g}, {inputs}, steps {start} -> {self.horizon}")
         model = self.method
         if self.dist.world > 1:
             model = nn.parallel.DistributedDataParallel(
