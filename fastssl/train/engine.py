@@ -116,12 +116,15 @@ class Trainer:
 
     def _build(self, dist_info: DistInfo) -> None:
         from fastssl.methods import METHODS
+        from fastssl.methods.base import DATA_KINDS
 
         cfg = self.cfg
         if cfg.method not in METHODS:
             raise ValueError(f"method: unknown {cfg.method!r}; choose one of {', '.join(sorted(METHODS))}")
         self.method_cls = METHODS[cfg.method]
         self.data_kind = self.method_cls.data_kind
+        if self.data_kind not in DATA_KINDS:
+            raise ValueError(f"method: {cfg.method} declares data_kind {self.data_kind!r}, not one of {DATA_KINDS}")
         # None: the method's data set and batch size (a language model's batch counts windows of text)
         self.cfg = cfg.replace(data=cfg.data or self.method_cls.default_data,
                                batch_size=cfg.batch_size or self.method_cls.defaults.get("batch_size", 256))

@@ -13,7 +13,10 @@ from fastssl.methods import METHODS
 from fastssl.methods.clip import TEMPLATES
 from fastssl.train import TrainConfig, Trainer
 from fastssl.train.distributed import DistInfo
-from tests.methods.text_suite import TINY_RESNET, assert_interrupted_resume_matches, cifar_named, losses  # noqa: F401
+from tests.methods import text_suite
+from tests.methods.text_suite import TINY_RESNET, assert_interrupted_resume_matches, losses
+
+cifar_named = text_suite.cifar_named  # the fixture, shared by the text and image-text method tests
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SMALL_ARGS = {"embed_dim": 32, "text_dim": 32, "text_depth": 1, "text_heads": 2}
@@ -41,16 +44,21 @@ def _built_trainer(cfg):
 
 
 def test_loss_is_finite_and_decreases(cifar_named, tmp_path):
-    summary = Trainer(_config(cifar_named, tmp_path, max_steps=12, lr=3e-3, warmup_fraction=0.0)).run()
+    """At initialisation the embeddings of a batch are all alike (cosine ~0.9 on both sides), the positives no more
+    than the rest, and the loss starts above ln(32) = 3.47; a dozen steps bring it to ln(32). Going below, class
+    by class, takes this tiny model ~100 steps (the 2- and 4-minute CIFAR-10 runs show it through zero-shot
+    accuracy), too long for a unit test."""
+    summary = Trainer(_config(cifar_named, tmp_path, max_steps=12, lr=1e-3, warmup_fraction=0.0)).run()
     assert summary["step"] == 12
     values = losses(tmp_path)
     assert len(values) == 12 and all(math.isfinite(v) for v in values)
-    assert sum(values[-4:]) / 4 < sum(values[:4]) / 4 - 0.1, values
+    assert sum(values[-4:]) / 4 < sum(values[:4]) / 4 - 0.05, values
+    assert values[0] > math.log(32) > min(values) - 0.05
 
 
 def test_resume_restores_the_whole_state(cifar_named, tmp_path, monkeypatch):
     """Weights, BatchNorm statistics, the learnable temperature, AdamW's moments; captions from the step's seed."""
-    state = assert_interrupted_resume_matches(_config(cifar_named, tmp_path, max_steps=6), stop_at=3,
+    state = assert_interrupted_resume_matches(_config(cifar_named, tmp_path, max_steps=4, batch_size=16), stop_at=2,
                                               monkeypatch=monkeypatch)
     assert "logit_scale" in state["method_state"]
 

@@ -9,14 +9,18 @@ from fastssl.cli import main
 from fastssl.data import load_text_dataset
 from fastssl.methods import METHODS
 from fastssl.train import TrainConfig, Trainer
-from tests.methods.text_suite import TINY_TEXT, assert_interrupted_resume_matches, losses, shakespeare_small  # noqa: F401
+from tests.methods import text_suite
+from tests.methods.text_suite import TINY_TEXT, assert_interrupted_resume_matches, losses
+
+shakespeare_small = text_suite.shakespeare_small  # the fixture, shared by the text and image-text method tests
 
 BLOCK = 32
 
 
 def _config(data, out, **overrides):
-    values = dict(method="gpt", data=str(data), out=str(out), backbone_args=TINY_TEXT, method_args={"block_size": BLOCK},
-                  batch_size=16, device="cpu", progress=False, log_every=1, eval_at_end=False)
+    values = dict(method="gpt", data=str(data), out=str(out), backbone_args=TINY_TEXT,
+                  method_args={"block_size": BLOCK}, batch_size=16, device="cpu", progress=False, log_every=1,
+                  eval_at_end=False)
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -34,8 +34,9 @@ def shakespeare_small(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_named(tmp_path_factory) -> Path:
-    """320 real CIFAR-10 training images with labels AND class names (x, y, classes), as a small .npz: its fixed
-    80/20 split gives 256 "train" and 64 "test" images."""
+    """320 real CIFAR-10 training images, 32 of each class, with labels AND class names (x, y, classes), as a small
+    .npz: its fixed 80/20 split gives 256 "train" and 64 "test" images. (The shared file is sorted by class: its
+    first few hundred training images are all airplanes.)"""
     from PIL import Image
 
     source = shared_data() / "cifar10" / "cifar10_all_jpeg.npz"
@@ -44,7 +45,7 @@ def cifar_named(tmp_path_factory) -> Path:
     with np.load(source) as f:
         jpeg, offsets, labels, is_train = f["jpeg_bytes"], f["offsets"], f["labels"], f["is_train"]
         classes = f["classes"]
-    index = np.flatnonzero(is_train)[:320]
+    index = np.stack([np.flatnonzero(is_train & (labels == c))[:32] for c in range(10)], axis=1).reshape(-1)
     images = np.stack([np.asarray(Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
                        for i in index])
     path = tmp_path_factory.mktemp("data") / "cifar320_named.npz"

@@ -10,7 +10,10 @@ from fastssl.cli import main
 from fastssl.methods import METHODS
 from fastssl.train import TrainConfig, Trainer
 from fastssl.train.distributed import DistInfo
-from tests.methods.text_suite import TINY_TEXT, assert_interrupted_resume_matches, shakespeare_small  # noqa: F401
+from tests.methods import text_suite
+from tests.methods.text_suite import TINY_TEXT, assert_interrupted_resume_matches
+
+shakespeare_small = text_suite.shakespeare_small  # the fixture, shared by the text and image-text method tests
 
 
 def _config(data, out, method="mlm", **overrides):
