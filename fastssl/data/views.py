@@ -1,6 +1,6 @@
 """View pipelines: the papers' augmentation recipes as per-sample parameter samplers over fastssl.ops.augment.
 
-    pipe = fastssl.data.view_pipeline("simclr")            # or moco_v2, byol, dino, mae, cifar
+    pipe = fastssl.data.view_pipeline("simclr")            # or moco_v2, byol, dino, dino_small, mae, cifar
     views = pipe(images)                                    # uint8 (B, H, W, C) -> [view1, view2], each (B, C, 224, 224)
     params = pipe.sample_params(images, generator=g)       # one AugmentParams per view (a seed reproduces them)
 
@@ -288,6 +288,17 @@ def _dino(local_crops: int = 8, local_size: int = 96, global_scale=(0.4, 1.0), l
     return ViewPipeline(views, name="dino")
 
 
+def _dino_small(local_crops: int = 6, local_size: int = 16, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4)):
+    """DINO's multi-crop (Caron et al., 2021) for images of 64 px or less, such as CIFAR-10: 2 global 32 px views
+    and ``local_crops`` local 16 px views (the paper's 224 : 96 ratio, about 2 : 1), the paper's crop scales and
+    colour recipe, without blur (SimCLR's CIFAR-10 recipe, Appendix B.9, drops it: a blur erases a 32 px object);
+    CIFAR-10 normalisation. The engine sets the global size to the data's size."""
+    pipe = _dino(local_crops, local_size, global_scale, local_scale)
+    views = [replace(view, size=32, blur_p=0.0) for view in pipe.views[:2]]
+    views += [replace(view, blur_p=0.0) for view in pipe.views[2:]]
+    return ViewPipeline(views, mean=CIFAR10_MEAN, std=CIFAR10_STD, name="dino_small")
+
+
 def _mae() -> ViewPipeline:
     """MAE (He et al., 2021, "Masked Autoencoders Are Scalable Vision Learners"): RandomResizedCrop(224,
     scale (0.2, 1)) and a flip, nothing else (MAE resizes bicubically; fastssl's crop is bilinear)."""
@@ -302,17 +313,20 @@ def _cifar() -> ViewPipeline:
     return ViewPipeline([view, replace(view)], mean=CIFAR10_MEAN, std=CIFAR10_STD, name="cifar")
 
 
-PRESETS = {"simclr": _simclr, "moco_v2": _moco_v2, "byol": _byol, "dino": _dino, "mae": _mae, "cifar": _cifar}
+PRESETS = {"simclr": _simclr, "moco_v2": _moco_v2, "byol": _byol, "dino": _dino, "dino_small": _dino_small,
+           "mae": _mae, "cifar": _cifar}
 _PIPELINE_KEYS = {"mean", "std", "out_dtype", "channels_last"}
 _DINO_KEYS = {"local_crops", "local_size", "global_scale", "local_scale"}
+_MULTI_CROP = {"dino", "dino_small"}  # the presets that take _DINO_KEYS; ``size`` sets their global views only
 
 
 def view_pipeline(preset: str, **overrides) -> ViewPipeline:
     """The preset's pipeline with ``overrides`` applied.
 
     A ViewSpec field (``size``, ``scale``, ``blur_p``, ...) applies to every view (e.g. ``size=96``); ``mean``,
-    ``std``, ``out_dtype`` and ``channels_last`` apply to the pipeline; ``dino`` also takes ``local_crops``,
-    ``local_size``, ``global_scale`` and ``local_scale`` (and ``size`` then sets the global views only).
+    ``std``, ``out_dtype`` and ``channels_last`` apply to the pipeline; ``dino`` and ``dino_small`` also take
+    ``local_crops``, ``local_size``, ``global_scale`` and ``local_scale`` (and ``size`` then sets the global views
+    only).
 
     >>> pipe = view_pipeline("cifar")
     >>> [v.shape for v in pipe(torch.zeros(4, 32, 32, 3, dtype=torch.uint8))]
@@ -320,18 +334,19 @@ def view_pipeline(preset: str, **overrides) -> ViewPipeline:
     """
     if preset not in PRESETS:
         raise ValueError(f"preset: unknown {preset!r}; choose one of {', '.join(PRESETS)}")
-    accepted = _SPEC_FIELDS | _PIPELINE_KEYS | (_DINO_KEYS if preset == "dino" else set())
+    multi_crop = preset in _MULTI_CROP
+    accepted = _SPEC_FIELDS | _PIPELINE_KEYS | (_DINO_KEYS if multi_crop else set())
     unknown = set(overrides) - accepted
     if unknown:
         raise ValueError(f"{', '.join(sorted(unknown))}: not an option of view_pipeline({preset!r}); "
                          f"accepted: {', '.join(sorted(accepted))}")
     dino_args = {k: overrides.pop(k) for k in list(overrides) if k in _DINO_KEYS}
     pipeline_args = {k: overrides.pop(k) for k in list(overrides) if k in _PIPELINE_KEYS}
-    pipe = PRESETS[preset](**dino_args) if preset == "dino" else PRESETS[preset]()
+    pipe = PRESETS[preset](**dino_args) if multi_crop else PRESETS[preset]()
     views = []
     for i, view in enumerate(pipe.views):
         args = dict(overrides)
-        if preset == "dino" and i >= 2:
+        if multi_crop and i >= 2:
             args.pop("size", None)
         views.append(replace(view, **args))
     return ViewPipeline(views, **{**dict(mean=pipe.mean, std=pipe.std, out_dtype=pipe.out_dtype,

@@ -47,7 +47,8 @@ class Method(nn.Module):
     """Base class of the methods in this folder; each subclass documents its paper and its defaults."""
 
     name: ClassVar[str] = ""
-    preset: ClassVar[str] = "simclr"  # the view pipeline for images larger than 64 px ("cifar" below)
+    preset: ClassVar[str] = "simclr"  # the view pipeline for images larger than 64 px
+    small_preset: ClassVar[str] = "cifar"  # the view pipeline for images of 64 px or less
     default_backbone: ClassVar[str] = "resnet18"
     global_batchnorm: ClassVar[bool] = True  # normalise over the global batch in multi-process runs
     defaults: ClassVar[dict[str, Any]] = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6}

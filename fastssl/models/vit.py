@@ -163,12 +163,24 @@ class VisionTransformer(nn.Module):
         return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
 
 
-def vit_tiny(**kwargs) -> VisionTransformer:
-    """ViT-Tiny (DeiT): dim 192, 12 blocks, 3 heads, 5.5M parameters at 224 / 16 (no classifier)."""
-    return VisionTransformer(**{"dim": 192, "depth": 12, "num_heads": 3, **kwargs})
+def _scaled_dim(dim: int, num_heads: int, width: float) -> int:
+    """``dim * width`` rounded to a multiple of 4 * num_heads (the heads keep their number; each head's width
+    stays a multiple of 4, as the 2-D sin-cos embedding needs), like ResNet's ``width``."""
+    step = 4 * num_heads
+    scaled = int(round(dim * width / step)) * step
+    if scaled < step:
+        raise ValueError(f"width: {width} leaves dim {dim} with fewer than {step} channels ({num_heads} heads)")
+    return scaled
 
 
-def vit_small(**kwargs) -> VisionTransformer:
-    """ViT-Small (DeiT, DINO, MoCo v3): dim 384, 12 blocks, 6 heads, 21.6M parameters (no classifier)."""
-    return VisionTransformer(**{"dim": 384, "depth": 12, "num_heads": 6, **kwargs})
+def vit_tiny(width: float = 1.0, **kwargs) -> VisionTransformer:
+    """ViT-Tiny (DeiT): dim 192, 12 blocks, 3 heads, 5.5M parameters at 224 / 16 (no classifier). ``width``
+    scales dim (0.25: dim 48), as the engine's CPU default does for every default backbone."""
+    return VisionTransformer(**{"dim": _scaled_dim(192, 3, width), "depth": 12, "num_heads": 3, **kwargs})
+
+
+def vit_small(width: float = 1.0, **kwargs) -> VisionTransformer:
+    """ViT-Small (DeiT, DINO, MoCo v3): dim 384, 12 blocks, 6 heads, 21.6M parameters (no classifier).
+    ``width`` scales dim (0.25: dim 96, 6 heads of 16)."""
+    return VisionTransformer(**{"dim": _scaled_dim(384, 6, width), "depth": 12, "num_heads": 6, **kwargs})
 

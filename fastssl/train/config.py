@@ -21,7 +21,8 @@ class TrainConfig:
     # e.g. {"width": 0.5}; cifar_stem is automatic. With neither set on a CPU, the default ResNet runs at width 0.25.
     backbone_args: dict[str, Any] = field(default_factory=dict)
     method_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"temperature": 0.2}; see the method's file
-    views: Optional[str] = None  # a fastssl.data view-pipeline preset; None: the method's, "cifar" for <= 64 px data
+    views: Optional[str] = None  # a fastssl.data view-pipeline preset; None: the method's (its small_preset,
+    #                               usually "cifar", for <= 64 px data)
     view_args: dict[str, Any] = field(default_factory=dict)  # overrides of the preset, e.g. {"size": 96}
 
     epochs: int = 100  # SimCLR's CIFAR-10 runs use 100-1000 epochs; the budget below usually stops a CPU run first

@@ -167,7 +167,7 @@ class Trainer:
         height, width, channels = dataset_image_shape(self.dataset)
         self.image_shape = (height, width, channels)
         small = max(height, width) <= 64
-        preset = cfg.views or ("cifar" if small else self.method_cls.preset)
+        preset = cfg.views or (self.method_cls.small_preset if small else self.method_cls.preset)
         view_args = dict(cfg.view_args)
         if small and "size" not in view_args:
             view_args["size"] = (height, width)

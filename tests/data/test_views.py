@@ -101,12 +101,13 @@ def test_seed_reproduces_parameters_and_views():
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_shapes(preset):
     images = torch.randint(0, 256, (2, 50, 60, 3), dtype=torch.uint8)
-    pipe = view_pipeline(preset, size=20, **({"local_size": 12} if preset == "dino" else {}))
+    multi_crop = preset in ("dino", "dino_small")
+    pipe = view_pipeline(preset, size=20, **({"local_size": 12} if multi_crop else {}))
     views = pipe(images, generator=torch.Generator().manual_seed(0), backend="reference")
-    expected = {"simclr": 2, "moco_v2": 2, "byol": 2, "dino": 10, "mae": 1, "cifar": 2}[preset]
+    expected = {"simclr": 2, "moco_v2": 2, "byol": 2, "dino": 10, "dino_small": 8, "mae": 1, "cifar": 2}[preset]
     assert len(views) == expected
     assert views[0].shape == (2, 3, 20, 20)
-    if preset == "dino":
+    if multi_crop:
         assert all(v.shape == (2, 3, 12, 12) for v in views[2:])
 
 

@@ -1,0 +1,157 @@
+"""DINO: Caron, Touvron, Misra, Jégou, Mairal, Bojanowski and Joulin, "Emerging Properties in Self-Supervised
+Vision Transformers", ICCV 2021.
+
+Self-distillation without labels. A student (backbone + DINO head: a 3-layer MLP, an l2-normalised 256-d
+bottleneck and a weight-normalised Linear to K prototypes) sees every crop of the multi-crop views (2 global +
+L local, made by the augmentation op: one launch per crop size); a teacher, the exponential moving average of
+the student, sees the 2 global crops only. The teacher's outputs are centred (minus a running mean, the centre,
+an EMA of the teacher's batch means with momentum 0.9) and sharpened (temperature tau_t, warmed up linearly from
+0.04 to 0.07); the student (temperature 0.1) matches them across crops:
+
+    loss = mean over pairs (global teacher crop i, student crop v != i) of  -sum_k P_t,i(k) log P_s,v(k)
+
+Centring keeps one prototype from taking over, sharpening keeps the output from going uniform. The teacher
+receives no gradient; its momentum follows m = 1 - (1 - m0) (cos(pi k / K) + 1) / 2 from m0 = 0.996 to 1.
+
+Defaults (the paper's, Section 3 and Appendix; the official code): student temperature 0.1, teacher temperature
+0.04 -> 0.07 over the first 30 epochs of 100 (``warmup_teacher_temp_fraction=0.3``: 30% of the run's steps),
+centre momentum 0.9, m0 0.996, head hidden 2048, bottleneck 256, last layer weight-normalised with its scale
+fixed at 1 (``norm_last_layer``); multi-crop 2 x 224 (scale 0.4-1) + 8 x 96 (scale 0.05-0.4), or 2 x 32 + 6 x 16
+for images of 64 px or less (the ``dino_small`` views). Two documented departures, both for the CPU budget:
+K = 4096 prototypes (``out_dim``; the paper's ImageNet runs use 65536; solo-learn's CIFAR-10 setting is 4096),
+and a ResNet-18 backbone with the paper's ResNet-50 recipe
+(SGD, lr 0.03 x batch / 256, weight decay 1e-4, official README) since a ResNet learns faster than a ViT in
+minutes of CPU time. The ViT-S/16 recipe is ``--backbone vit_small --optimizer adamw --lr 5e-4
+--weight-decay 0.04`` (weight decay 0.04 -> 0.4: ``weight_decay_end: 0.4`` in a config file). The official
+code's freezing of the last layer during the first epoch and its gradient clipping (3.0; ``clip_grad``) are
+not built in.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from fastssl.methods.base import Method
+from fastssl.models import DINOHead
+from fastssl.nn.gather import distributed_world
+from fastssl.train.optim import ema_update
+
+
+def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, student_temp: float,
+              teacher_temp: float) -> torch.Tensor:
+    """DINO's cross-entropy over crop pairs.
+
+    student: (n_crops * batch_size, K) logits, the 2 global crops first; teacher: (2 * batch_size, K) logits of
+    the global crops; center: (1, K). Each teacher crop i is the target of every student crop v != i.
+    """
+    batch = teacher.shape[0] // 2
+    log_p = F.log_softmax(student / student_temp, dim=-1).split(batch)  # n_crops x (B, K)
+    targets = F.softmax((teacher - center) / teacher_temp, dim=-1).split(batch)  # 2 x (B, K)
+    all_crops = torch.stack(log_p).sum(dim=0)  # sum over v of log P_s,v: (B, K)
+    total = sum((-(t * (all_crops - log_p[i])).sum(dim=-1)).mean() for i, t in enumerate(targets))
+    pairs = len(targets) * (len(log_p) - 1)
+    return total / pairs
+
+
+class DINO(Method):
+    name = "dino"
+    preset = "dino"
+    small_preset = "dino_small"
+    default_backbone = "resnet18"
+    defaults = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4}
+    options = {"out_dim": 4096, "hidden_dim": 2048, "bottleneck_dim": 256, "use_bn_in_head": False,
+               "norm_last_layer": True, "student_temp": 0.1, "teacher_temp": 0.07, "warmup_teacher_temp": 0.04,
+               "warmup_teacher_temp_fraction": 0.3, "center_momentum": 0.9, "momentum_base": 0.996}
+
+    def __init__(self, backbone, backbone_spec, out_dim: int, hidden_dim: int, bottleneck_dim: int,
+                 use_bn_in_head: bool, norm_last_layer: bool, student_temp: float, teacher_temp: float,
+                 warmup_teacher_temp: float, warmup_teacher_temp_fraction: float, center_momentum: float,
+                 momentum_base: float, **base):
+        super().__init__(backbone, backbone_spec, **base)
+        for key, value in (("out_dim", out_dim), ("hidden_dim", hidden_dim), ("bottleneck_dim", bottleneck_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key}: expected a positive int, got {value!r}")
+        for key, value in (("student_temp", student_temp), ("teacher_temp", teacher_temp),
+                           ("warmup_teacher_temp", warmup_teacher_temp)):
+            if not value > 0:
+                raise ValueError(f"{key}: expected > 0, got {value!r}")
+        for key, value in (("warmup_teacher_temp_fraction", warmup_teacher_temp_fraction),
+                           ("center_momentum", center_momentum), ("momentum_base", momentum_base)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"{key}: expected a value in [0, 1], got {value!r}")
+        self.head = DINOHead(backbone.num_features, out_dim, hidden_dim, bottleneck_dim, use_bn=use_bn_in_head,
+                             norm_last_layer=norm_last_layer)
+        self.teacher_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
+        self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.student_temp, self.teacher_temp = float(student_temp), float(teacher_temp)
+        self.warmup_teacher_temp = float(warmup_teacher_temp)
+        self.warmup_teacher_temp_fraction = float(warmup_teacher_temp_fraction)
+        self.center_momentum = float(center_momentum)
+        self.momentum_base = float(momentum_base)
+        self.momentum = self.momentum_base
+        self._last_teacher_temp = self.warmup_teacher_temp
+
+    def teacher_temperature(self, step: int, horizon: int) -> float:
+        """tau_t at ``step``: linear from warmup_teacher_temp to teacher_temp over the first
+        warmup_teacher_temp_fraction of the run, then constant."""
+        warmup = self.warmup_teacher_temp_fraction * horizon
+        if step >= warmup:
+            return self.teacher_temp
+        return self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * step / warmup
+
+    def _student(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """One backbone pass per run of same-sized crops (the official MultiCropWrapper), one head pass."""
+        features, start = [], 0
+        while start < len(views):
+            end = start + 1
+            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+                end += 1
+            features.append(self.backbone(torch.cat(views[start:end])))
+            start = end
+        return self.head(torch.cat(features))
+
+    def forward(self, views, step: int = 0, horizon: int = 1):
+        """views: 2 global (batch_size, C, H, W) then L local (batch_size, C, h, w) crops -> (student logits
+        ((2 + L) * batch_size, out_dim), teacher logits (2 * batch_size, out_dim), teacher temperature)."""
+        if len(views) < 2:
+            raise ValueError(f"views: DINO needs 2 global crops (and local ones), got {len(views)} view(s)")
+        student = self._student(views)
+        with torch.no_grad():
+            teacher = self.teacher_head(self.teacher_backbone(torch.cat(views[:2])))
+        return student, teacher, self.teacher_temperature(step, horizon)
+
+    def loss(self, outputs):
+        student, teacher, teacher_temp = outputs
+        self._last_teacher_temp = teacher_temp
+        # float32 without autocast: softmax over K prototypes at temperature 0.04.
+        with torch.autocast(student.device.type, enabled=False):
+            teacher = teacher.float()
+            loss = dino_loss(student.float(), teacher, self.center, self.student_temp, teacher_temp)
+        self._update_center(teacher)
+        return loss
+
+    @torch.no_grad()
+    def _update_center(self, teacher: torch.Tensor) -> None:
+        """center <- m * center + (1 - m) * the mean teacher output over the (global) batch."""
+        batch_sum = teacher.sum(dim=0, keepdim=True)
+        count = teacher.shape[0]
+        _, world = distributed_world()
+        if self.distributed and world > 1:
+            dist.all_reduce(batch_sum)
+            count *= world
+        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
+
+    def after_step(self, step: int, horizon: int) -> None:
+        self.momentum = 1 - (1 - self.momentum_base) * (math.cos(math.pi * min(step, horizon) / horizon) + 1) / 2
+        online = list(self.backbone.parameters()) + list(self.head.parameters())
+        target = list(self.teacher_backbone.parameters()) + list(self.teacher_head.parameters())
+        ema_update(target, online, self.momentum)
+
+    def logs(self):
+        return {"ema_momentum": self.momentum, "teacher_temp": self._last_teacher_temp}

@@ -1,0 +1,60 @@
+"""SimSiam: Chen and He, "Exploring Simple Siamese Representation Learning", CVPR 2021.
+
+Both views go through one encoder f (backbone + projector: three Linear layers of 2048, BN after each, ReLU
+after the first two) and a predictor h (a 2048-512-2048 bottleneck MLP). The loss is the symmetrised negative
+cosine similarity D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2 with D(p, z) = -cos(p, z): there is no momentum
+encoder and no negative pair; the stop-gradient on z is what prevents collapse (the paper's Section 4.1 and
+Figure 2: without it the output collapses to a constant, the std of the l2-normalised z falls to 0, which
+``logs()`` reports as ``z_std``; 1 / sqrt(proj_dim) when the outputs spread evenly).
+
+Defaults (the paper's ImageNet recipe, Section 3): SGD momentum 0.9, lr 0.05 x batch / 256, weight decay 1e-4,
+cosine decay, batch 512; MoCo v2's augmentation (the "cifar" views for images of 64 px or less). The paper keeps
+the predictor's lr fixed (no decay); fastssl decays every parameter group alike.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastssl.methods.base import Method
+from fastssl.models import SimSiamPredictionHead, SimSiamProjectionHead
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """D(p, z) = -cos(p, z) averaged over the batch; (batch_size, dim) each. z is detached (the stop-gradient)."""
+    return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
+
+
+class SimSiam(Method):
+    name = "simsiam"
+    preset = "moco_v2"
+    defaults = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4}
+    options = {"proj_hidden_dim": 2048, "proj_dim": 2048, "pred_hidden_dim": 512}
+
+    def __init__(self, backbone, backbone_spec, proj_hidden_dim: int, proj_dim: int, pred_hidden_dim: int, **base):
+        super().__init__(backbone, backbone_spec, **base)
+        for key, value in (("proj_hidden_dim", proj_hidden_dim), ("proj_dim", proj_dim),
+                           ("pred_hidden_dim", pred_hidden_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key}: expected a positive int, got {value!r}")
+        self.projector = SimSiamProjectionHead(backbone.num_features, proj_hidden_dim, proj_dim)
+        self.predictor = SimSiamPredictionHead(proj_dim, pred_hidden_dim, proj_dim)
+        self._z_std = torch.zeros(())
+
+    def forward(self, views, step: int = 0, horizon: int = 1):
+        """views: 2 x (batch_size, C, H, W) -> (predictions p, detached projections z), each 2 x (batch_size,
+        proj_dim). Each view goes through the encoder on its own, as in the official code (BN statistics per
+        view)."""
+        z = [self.projector(self.backbone(view)) for view in views[:2]]
+        p = [self.predictor(zi) for zi in z]
+        return tuple(p), tuple(zi.detach() for zi in z)
+
+    def loss(self, outputs):
+        (p0, p1), (z0, z1) = outputs
+        with torch.no_grad():
+            self._z_std = F.normalize(z0.float(), dim=-1).std(dim=0, correction=0).mean()
+        return (negative_cosine(p0.float(), z1.float()) + negative_cosine(p1.float(), z0.float())) / 2
+
+    def logs(self):
+        return {"z_std": float(self._z_std)}
