@@ -86,9 +86,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
 
     features = {}
     for name, dataset, limit in (("train", train, train_limit), ("test", test, test_limit)):
-        features[name] = extract_features(backbone, loader(dataset), preprocess, len(dataset),
-                                          indices=_subset(len(dataset), limit, seed=1), batch_size=batch_size,
-                                          device=dev, desc=f"{name} features")
+        subset = _subset(len(dataset), limit, seed=1)
+        features[name] = extract_features(backbone, loader(dataset), preprocess,
+                                          len(dataset) if subset is None else None, indices=subset,
+                                          batch_size=batch_size, device=dev, desc=f"{name} features")
     (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
     results = {"knn_top1": float(knn_accuracy(train_x, train_y, test_x, test_y, k=20, temperature=0.07))}
     print(f"knn_top1: {results['knn_top1']:.4f}", file=out, flush=True)

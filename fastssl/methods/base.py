@@ -10,6 +10,7 @@ A method is an ``nn.Module`` holding its backbone, heads and targets (EMA networ
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -34,7 +35,8 @@ class Method(nn.Module):
     """Base class of the methods in this folder; each subclass documents its paper and its defaults."""
 
     name: ClassVar[str] = ""
-    preset: ClassVar[str] = "simclr"  # the view pipeline for images larger than 64 px ("cifar" below)
+    preset: ClassVar[str] = "simclr"  # the view pipeline for images larger than 64 px
+    small_preset: ClassVar[str] = "cifar"  # the view pipeline for images of 64 px or less
     default_backbone: ClassVar[str] = "resnet18"
     global_batchnorm: ClassVar[bool] = True  # normalise over the global batch in multi-process runs
     defaults: ClassVar[dict[str, Any]] = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6}
@@ -81,3 +83,8 @@ class Method(nn.Module):
     def logs(self) -> dict[str, float]:
         """Extra scalars for metrics.csv (e.g. the EMA momentum)."""
         return {}
+
+    def save_artifacts(self, out_dir: Path, views: list[torch.Tensor]) -> list[Path]:
+        """Called once at the end of a run, on the main process, with one batch of views: write pictures of
+        what the method learned (e.g. reconstructions) under ``out_dir`` and return their paths."""
+        return []

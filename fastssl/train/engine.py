@@ -126,7 +126,7 @@ class Trainer:
         height, width, channels = dataset_image_shape(self.dataset)
         self.image_shape = (height, width, channels)
         small = max(height, width) <= 64
-        preset = cfg.views or ("cifar" if small else self.method_cls.preset)
+        preset = cfg.views or (self.method_cls.small_preset if small else self.method_cls.preset)
         view_args = dict(cfg.view_args)
         if small and "size" not in view_args:
             view_args["size"] = (height, width)
@@ -134,7 +134,8 @@ class Trainer:
         view_size = self.pipeline.views[0].output_size()
 
         backbone_args = dict(cfg.backbone_args)
-        if dist_info.device.type == "cpu" and cfg.backbone is None and not backbone_args:
+        if (dist_info.device.type == "cpu" and cfg.backbone is None and not backbone_args
+                and self.method_cls.default_backbone.startswith("resnet")):
             # A CPU has ~1/1000 of a GPU's convolution rate: the default ResNet at a quarter of its width (1/16 of
             # the FLOPs) sees a few epochs in minutes instead of a fraction of one.
             backbone_args = {"width": CPU_DEFAULT_WIDTH}
@@ -367,6 +368,11 @@ class Trainer:
                 profiler.__exit__(None, None, None)
         if step % cfg.checkpoint_every != 0 or step == 0:
             self._save(step)
+        if self.dist.is_main:  # pictures of what the method learned (reconstructions, samples), on step 0's views
+            views = self.pipeline(self._load(0, 0).to(self.dist.device), params=self._params(0, 0),
+                                  backend=cfg.augment_backend)
+            for path in self.method.save_artifacts(self.out, views):
+                self._print(f"saved {path}")
         summary = {"step": step, "loss": last_loss, "stopped_by": stopped_by,
                    "seconds": time.perf_counter() - t_start, "checkpoint": str(self.out / "last.pt")}
         if self.dist.is_main:
