@@ -1,8 +1,9 @@
-"""PNG charts with Pillow alone (no matplotlib): the loss curve at the end of training and a 2-D scatter of
-test embeddings coloured by class, plus the PCA projection that feeds it.
+"""PNG charts with Pillow alone (no matplotlib): the loss curve at the end of training, a 2-D scatter of
+test embeddings coloured by class, plus the PCA projection that feeds it, and image grids (reconstructions).
 
     save_line_plot("runs/x/loss.png", steps, losses, title="SimCLR loss", xlabel="step", ylabel="loss")
     save_scatter_plot("runs/x/pca.png", pca_2d(test_feats), test_labels, class_names, title="test embeddings")
+    save_image_grid("runs/vae/samples.png", samples, columns=8)   # (N, C, H, W) in [0, 1]
 """
 
 from __future__ import annotations
@@ -125,6 +126,33 @@ def save_scatter_plot(
         chart.draw.ellipse((px - r, py - r, px + r, py + r), fill=PALETTE[labels[i] % len(PALETTE)])
     chart.legend([(str(class_names[c]), PALETTE[c % len(PALETTE)]) for c in np.unique(labels)])
     chart.save(path)
+
+
+def save_image_grid(path: Union[str, os.PathLike], images: Tensor, columns: int = 8, padding: int = 2,
+                    scale: int = 1) -> None:
+    """Write a PNG of ``images`` (N, C, H, W), C = 1 or 3, values in [0, 1] (clamped), laid out row by row in
+    ``columns`` columns on a white background with ``padding`` pixels between images, each enlarged ``scale``
+    times (nearest neighbour: small images stay sharp)."""
+    from PIL import Image
+
+    images = torch.as_tensor(images).detach()
+    if images.dim() != 4 or images.shape[1] not in (1, 3) or images.shape[0] == 0:
+        raise ValueError(f"images must be (N, C, H, W) with N >= 1 and C = 1 or 3, got {tuple(images.shape)}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contains NaN or inf")
+    if columns < 1 or padding < 0 or scale < 1:
+        raise ValueError(f"columns and scale must be >= 1 and padding >= 0, got columns={columns}, "
+                         f"padding={padding}, scale={scale}")
+    count, channels, height, width = images.shape
+    pixels = (images.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    pixels = pixels.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3).expand(-1, 3, -1, -1)
+    rows, columns = math.ceil(count / columns), min(columns, count)
+    cell_h, cell_w = height * scale + padding, width * scale + padding
+    canvas = torch.full((3, rows * cell_h + padding, columns * cell_w + padding), 255, dtype=torch.uint8)
+    for i in range(count):
+        top, left = padding + (i // columns) * cell_h, padding + (i % columns) * cell_w
+        canvas[:, top:top + height * scale, left:left + width * scale] = pixels[i]
+    Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy()).save(path, format="PNG")
 
 
 class _Chart:

@@ -21,6 +21,7 @@ function of the step, so a resumed run replays it exactly, and K processes each 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence
 
 import torch
@@ -138,3 +139,8 @@ class Method(nn.Module):
     def logs(self) -> dict[str, float]:
         """Extra scalars for metrics.csv (e.g. the EMA momentum)."""
         return {}
+
+    def save_artifacts(self, out_dir: Path, views: list[torch.Tensor]) -> list[Path]:
+        """Called once at the end of a run, on the main process, with one batch of views: write pictures of
+        what the method learned (e.g. reconstructions) under ``out_dir`` and return their paths."""
+        return []

@@ -175,7 +175,8 @@ class Trainer:
         view_size = self.pipeline.views[0].output_size()
 
         backbone_args = dict(cfg.backbone_args)
-        if dist_info.device.type == "cpu" and cfg.backbone is None and not backbone_args:
+        if (dist_info.device.type == "cpu" and cfg.backbone is None and not backbone_args
+                and self.method_cls.default_backbone.startswith("resnet")):
             # A CPU has ~1/1000 of a GPU's convolution rate: the default ResNet at a quarter of its width (1/16 of
             # the FLOPs) sees a few epochs in minutes instead of a fraction of one.
             backbone_args = {"width": CPU_DEFAULT_WIDTH}
@@ -471,6 +472,10 @@ class Trainer:
                 profiler.__exit__(None, None, None)
         if step % cfg.checkpoint_every != 0 or step == 0:
             self._save(step)
+        if self.dist.is_main:  # pictures of what the method learned (reconstructions, samples), on step 0's views
+            views = self._views(self._to_device(self._load(0, 0)), 0, 0)
+            for path in self.method.save_artifacts(self.out, views):
+                self._print(f"saved {path}")
         summary = {"step": step, "loss": last_loss, "stopped_by": stopped_by,
                    "seconds": time.perf_counter() - t_start, "checkpoint": str(self.out / "last.pt")}
         if self.dist.is_main:

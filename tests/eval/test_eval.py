@@ -401,3 +401,29 @@ def test_plots_bad_inputs_name_the_argument(tmp_path):
         save_scatter_plot(tmp_path / "x.png", np.zeros((4, 2)), [0, 1, 2, 1], ["a", "b"])
     with pytest.raises(ValueError, match="features"):
         pca_2d(torch.zeros(5, 1))
+
+
+def test_evaluate_checkpoint_limits_draw_subsets_of_the_requested_sizes(tmp_path, monkeypatch):
+    """--train-limit / --test-limit: features of seeded random subsets of those sizes (not the whole splits)."""
+    import fastssl.eval.features as features
+    from fastssl.eval.evaluate import evaluate_checkpoint
+    from fastssl.train import TrainConfig, Trainer
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8),
+             y=rng.integers(0, 3, 60))
+    Trainer(TrainConfig(data=str(tmp_path / "data.npz"), out=str(tmp_path / "run"), backbone="resnet18",
+                        backbone_args={"width": 0.125}, batch_size=8, max_steps=0, device="cpu",
+                        progress=False)).run()
+    sizes = []
+    real = features.extract_features
+
+    def recording(*args, **kwargs):
+        feats, labels = real(*args, **kwargs)
+        sizes.append(len(labels))
+        return feats, labels
+
+    monkeypatch.setattr(features, "extract_features", recording)
+    result = evaluate_checkpoint(tmp_path / "run" / "last.pt", train_limit=20, test_limit=5, linear=False,
+                                 plot=False)
+    assert sizes == [20, 5] and 0 <= result["knn_top1"] <= 1

@@ -26,3 +26,16 @@ def cifar_small(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "cifar256.npz"
     np.savez(path, x=images, y=labels[index].astype(np.int64))
     return path
+
+
+@pytest.fixture(scope="session")
+def mnist_small(tmp_path_factory) -> Path:
+    """The first 128 real MNIST test digits, 28 x 28 x 1 uint8, as a small .npz (x, y)."""
+    source = _shared_data() / "mnist" / "mnist_test.npz"
+    if not source.exists():
+        pytest.skip(f"{source} not found (set FASTSSL_DATA)")
+    with np.load(source) as f:
+        images, labels = f["x"][:128], f["y"][:128].astype(np.int64)
+    path = tmp_path_factory.mktemp("data") / "mnist128.npz"
+    np.savez(path, x=images[..., None], y=labels)
+    return path
