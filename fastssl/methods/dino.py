@@ -17,14 +17,13 @@ Defaults (the paper's, Section 3 and Appendix; the official code): student tempe
 0.04 -> 0.07 over the first 30 epochs of 100 (``warmup_teacher_temp_fraction=0.3``: 30% of the run's steps),
 centre momentum 0.9, m0 0.996, head hidden 2048, bottleneck 256, last layer weight-normalised with its scale
 fixed at 1 (``norm_last_layer``); multi-crop 2 x 224 (scale 0.4-1) + 8 x 96 (scale 0.05-0.4), or 2 x 32 + 6 x 16
-for images of 64 px or less (the ``dino_small`` views). Two documented departures, both for the CPU budget:
-K = 4096 prototypes (``out_dim``; the paper's ImageNet runs use 65536; solo-learn's CIFAR-10 setting is 4096),
-and a ResNet-18 backbone with the paper's ResNet-50 recipe
-(SGD, lr 0.03 x batch / 256, weight decay 1e-4, official README) since a ResNet learns faster than a ViT in
-minutes of CPU time. The ViT-S/16 recipe is ``--backbone vit_small --optimizer adamw --lr 5e-4
---weight-decay 0.04`` (weight decay 0.04 -> 0.4: ``weight_decay_end: 0.4`` in a config file). The official
-code's freezing of the last layer during the first epoch and its gradient clipping (3.0; ``clip_grad``) are
-not built in.
+for images of 64 px or less (the ``dino_small`` views). Two departures, both for CPU budgets: K = 4096
+prototypes (``out_dim``; the paper's ImageNet runs use 65536, solo-learn's CIFAR-10 setting is 4096), and a ResNet-18
+backbone with the official README's ResNet-50 recipe (SGD, lr 0.03 x batch / 256, weight decay 1e-4; that recipe
+also narrows the crop scales to 0.14-1 and 0.05-0.14: ``--view-arg global_scale=...``), since a ResNet learns
+faster than a ViT in minutes of CPU time. The ViT-S/16 recipe is ``--backbone vit_small --optimizer adamw --lr 5e-4
+--weight-decay 0.04`` (and 0.04 -> 0.4: ``weight_decay_end: 0.4`` in a config file). The official code's freezing
+of the last layer during the first epoch and its gradient clipping at 3.0 (``clip_grad``) are not built in.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ exponential moving average. Each view's query is contrasted with the other view'
 computed by the fused ``info_nce`` op (the keys receive no gradient; the (N, N) logit matrix is never built). In
 a multi-process run the keys of every rank are the candidates (the official concat_all_gather). The momentum
 follows m = 1 - (1 - m0) (cos(pi k / K) + 1) / 2 from m0 = 0.99 to 1. As the paper prescribes for ViT stability
-(Section 4.3), the patch embedding keeps its random initialisation (``freeze_patch_embed``).
+(its "random patch projection"), the patch embedding keeps its random initialisation (``freeze_patch_embed``).
 
 Heads (the official code's ``_build_mlp``): projector 3 layers (ViT) of 4096 to 256, predictor 2 layers of 4096
 to 256, Linear layers without bias, BN + ReLU after each hidden layer and a BN without affine parameters on the
@@ -17,7 +17,8 @@ output.
 
 Defaults (the paper's ViT recipe): ViT-Small (patch 16; patch 4 for images of 64 px or less, and at width 0.25
 on CPU), AdamW lr 1.5e-4 x batch / 256, weight decay 0.1, warm-up then cosine decay, batch 4096, temperature
-0.2, m0 0.99; BYOL's augmentation. (Its ResNet-50 recipe instead uses LARS, temperature 1.0 and a 2-layer
+0.2, m0 0.99; BYOL's augmentation. (fastssl's AdamW has betas (0.9, 0.95), the official code torch's default
+(0.9, 0.999).) (Its ResNet-50 recipe instead uses LARS, temperature 1.0 and a 2-layer
 projector: pass ``--backbone resnet50 --optimizer lars --method-arg temperature=1.0 --method-arg proj_layers=2``.)
 """
 
