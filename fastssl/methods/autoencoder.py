@@ -108,14 +108,11 @@ class Autoencoder(Method):
     @classmethod
     def build(cls, backbone, backbone_args, method_args, in_channels, image_size, **kwargs) -> "Autoencoder":
         """Method.build, then the decoder: it must draw images of the views' shape (in_channels, *image_size),
-        which Method.build does not hand to __init__. Its weights are drawn right after the heads', from the
-        same seeded generator."""
+        which Method.build does not hand to __init__. Its weights are drawn right after the backbone's, from
+        the same seeded generator."""
         method = super().build(backbone, backbone_args, method_args, in_channels, image_size, **kwargs)
-        method.decoder = ConvDecoder(method.code_dim(), in_channels, image_size, method.decoder_width)
+        method.decoder = ConvDecoder(method.backbone.num_features, in_channels, image_size, method.decoder_width)
         return method
-
-    def code_dim(self) -> int:
-        return self.backbone.num_features
 
     def encode_input(self, view: torch.Tensor, step: int) -> torch.Tensor:
         """What the encoder sees: the view itself (the denoising autoencoder corrupts it here)."""

@@ -9,10 +9,12 @@ is, which way trees grow, where the sky is.
     logits = classifier(backbone(x_k))            # (batch_size, 4)
     loss = cross_entropy(logits, k)
 
-``rotations``: "all" (default, the paper's Section 3 finding: all four rotated copies of each image in the same
-batch train better than one random rotation) puts 4 x batch_size images through the backbone; "one" rotates each
-image once by a rotation drawn from a generator seeded by the step (a resumed run draws the same ones), a quarter
-of the compute. Non-square views are centre-cropped to a square first (a 90-degree turn must keep the shape).
+``rotations``: "one" (default) rotates each image once, by a rotation drawn from a generator seeded by the step (a
+resumed run draws the same ones); "all" puts all four rotated copies of each image in the batch, 4 x batch_size
+images through the backbone (the paper's Section 3: better per epoch than one random rotation). Per unit of
+compute "one" sees four times as many images: in 2-minute CPU runs on CIFAR-10 (batch 256, ResNet-18 at width
+0.25) "one" made 59 steps and reached kNN 30.2%, "all" 12 steps and 24.5%. Non-square views are centre-cropped to
+a square first (a 90-degree turn must keep the shape).
 
 Defaults: AdamW, lr 1e-3 x batch / 256, weight decay 0.05, betas (0.9, 0.95); one view of crop (scale 0.2-1) and
 flip (the "mae" preset; the paper rotates the plain images). The paper's CIFAR-10 setting, SGD momentum 0.9 with
@@ -46,7 +48,7 @@ class Rotation(Method):
     preset = "mae"
     small_preset = "mae"
     defaults = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}
-    options = {"rotations": "all"}
+    options = {"rotations": "one"}
 
     def __init__(self, backbone, backbone_spec, rotations: str, **base):
         super().__init__(backbone, backbone_spec, **base)
