@@ -15,6 +15,9 @@ lr 1e-3 x batch / 256, weight decay 0.05, betas (0.9, 0.95); one view of crop (s
 preset, at every image size), no colour distortion: the decoder would have to redraw it. The decoder's width
 defaults to num_features / 8 (16 channels for the CPU default ResNet-18 at width 0.25), so that it costs about
 what the encoder does.
+
+Measured on the project's shared 2-core CPU (CIFAR-10, kNN on 10,000 train / 2,000 test images; the random
+initialisation scores 30.1%): a 2-minute run (50 steps of 256) 28.7%, an 8-minute budget (179 steps) 37.3%.
 """
 
 from __future__ import annotations
@@ -108,14 +111,11 @@ class Autoencoder(Method):
     @classmethod
     def build(cls, backbone, backbone_args, method_args, in_channels, image_size, **kwargs) -> "Autoencoder":
         """Method.build, then the decoder: it must draw images of the views' shape (in_channels, *image_size),
-        which Method.build does not hand to __init__. Its weights are drawn right after the heads', from the
-        same seeded generator."""
+        which Method.build does not hand to __init__. Its weights are drawn right after the backbone's, from
+        the same seeded generator."""
         method = super().build(backbone, backbone_args, method_args, in_channels, image_size, **kwargs)
-        method.decoder = ConvDecoder(method.code_dim(), in_channels, image_size, method.decoder_width)
+        method.decoder = ConvDecoder(method.backbone.num_features, in_channels, image_size, method.decoder_width)
         return method
-
-    def code_dim(self) -> int:
-        return self.backbone.num_features
 
     def encode_input(self, view: torch.Tensor, step: int) -> torch.Tensor:
         """What the encoder sees: the view itself (the denoising autoencoder corrupts it here)."""

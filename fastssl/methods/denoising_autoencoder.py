@@ -9,15 +9,20 @@ view from a corrupted one, so that the code must capture the structure that lets
 
 Corruption (``noise``):
   * "mask" (default): the paper's masking noise, zeroing a fraction of the input, applied to square patches of
-    ``patch_size`` pixels rather than single pixels (a 32 x 32 image is redrawn easily from 75% of its pixels;
+    ``patch_size`` pixels rather than single pixels (a lone missing pixel is filled in from its neighbours;
     whole missing patches need context). The patches are chosen by ``fastssl.ops.random_masking`` (mask_ratio
     0.5, a fresh uniformly random subset per image); "zero" is the mean colour, as the views are normalised.
   * "gaussian": additive isotropic Gaussian noise of standard deviation ``noise_std`` (in normalised units).
 The noise of step k is drawn from a generator seeded by (the run's noise seed, k), so a resumed run corrupts
-exactly as the uninterrupted one did.
+exactly as the uninterrupted one did (the micro-batches and processes of one step share it; each image of a batch
+has its own).
 
-Defaults: the autoencoder's (AdamW, lr 1e-3 x batch / 256, weight decay 0.05; one crop-and-flip view); the paper
-used SGD on 28 x 28 MNIST variants with 10-40% of the pixels masked.
+Defaults: the autoencoder's (AdamW, lr 1e-3 x batch / 256, weight decay 0.05; one crop-and-flip view), patches of
+4 pixels, half of them masked; the paper trained stacked fully connected layers with SGD on 28 x 28 MNIST variants,
+zeroing tens of percent of the pixels.
+
+Measured on the project's shared 2-core CPU (CIFAR-10, kNN on 10,000 train / 2,000 test images; the random
+initialisation scores 30.1%): a 2-minute run (49 steps of 256) 30.9%, an 8-minute budget (195 steps) 40.7%.
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ squared error on the masked patches only, against per-patch normalised pixels (n
     loss = mean((pred - patchify_gather(view, p, ids_masked, normalize_pixels=True))^2)
 
 The masking noise of step k is drawn from a generator seeded by (the run's mask seed, k), so a resumed run masks
-exactly as the uninterrupted one did (the micro-batches of one step share the noise rows; each image of a batch has
-its own mask). The backbone pools the mean of its patch tokens (``pool="mean"``, the paper's fine-tuning choice;
-its Appendix A.1 finds cls and mean pooling equal; override with --backbone-arg pool=cls).
+exactly as the uninterrupted one did (the micro-batches and processes of one step share the noise rows; each
+image of a batch has its own mask). The backbone's features (what kNN and the probe judge) are the mean of its
+patch tokens (``pool="mean"``, the paper's fine-tuning choice; it reports the cls token working about as well;
+--backbone-arg pool=cls restores it).
 
 Defaults: the paper's AdamW lr 1.5e-4 x batch / 256, weight decay 0.05, betas (0.9, 0.95), mask ratio 0.75,
 norm-pix loss; views: RandomResizedCrop (scale 0.2-1) and flip only (the "mae" preset, at every image size).
@@ -62,8 +63,10 @@ class MAE(Method):
             raise ValueError(f"backbone: mae needs a VisionTransformer, got {type(backbone).__name__}")
         if not 0 < mask_ratio < 1:
             raise ValueError(f"mask_ratio: must lie in (0, 1), got {mask_ratio!r}")
-        if int(backbone.num_patches * (1 - mask_ratio)) < 1:
-            raise ValueError(f"mask_ratio: {mask_ratio} leaves no visible patch of {backbone.num_patches}")
+        visible = int(backbone.num_patches * (1 - mask_ratio))
+        if not 1 <= visible < backbone.num_patches:
+            raise ValueError(f"mask_ratio: {mask_ratio} leaves {visible} of {backbone.num_patches} patches "
+                             f"visible; MAE needs some visible and some masked")
         if decoder_dim % 4 or decoder_dim % decoder_heads:
             raise ValueError(f"decoder_dim: must be a multiple of 4 and of decoder_heads ({decoder_heads}), "
                              f"got {decoder_dim}")

@@ -140,5 +140,9 @@ def test_bad_arguments_name_themselves():
         METHODS[METHOD].build("resnet18", {"width": 0.125}, {}, 3, (32, 32))
     with pytest.raises(ValueError, match="mask_ratio"):
         build(mask_ratio=1.0)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        build(mask_ratio=0.99)  # int(64 * 0.01) = 0 patches visible
+    with pytest.raises(ValueError, match="mask_ratio"):
+        build(mask_ratio=1e-17)  # 1 - 1e-17 rounds to 1: all 64 visible, none to predict
     with pytest.raises(ValueError, match="decoder_dim"):
         build(decoder_dim=30)
