@@ -15,6 +15,9 @@ lr 1e-3 x batch / 256, weight decay 0.05, betas (0.9, 0.95); one view of crop (s
 preset, at every image size), no colour distortion: the decoder would have to redraw it. The decoder's width
 defaults to num_features / 8 (16 channels for the CPU default ResNet-18 at width 0.25), so that it costs about
 what the encoder does.
+
+Measured on the project's shared 2-core CPU (CIFAR-10, kNN on 10,000 train / 2,000 test images; the random
+initialisation scores 30.1%): a 2-minute run (50 steps of 256) 28.7%, an 8-minute budget (179 steps) 37.3%.
 """
 
 from __future__ import annotations

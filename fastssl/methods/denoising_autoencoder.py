@@ -20,6 +20,9 @@ has its own).
 Defaults: the autoencoder's (AdamW, lr 1e-3 x batch / 256, weight decay 0.05; one crop-and-flip view), patches of
 4 pixels, half of them masked; the paper trained stacked fully connected layers with SGD on 28 x 28 MNIST variants,
 zeroing tens of percent of the pixels.
+
+Measured on the project's shared 2-core CPU (CIFAR-10, kNN on 10,000 train / 2,000 test images; the random
+initialisation scores 30.1%): a 2-minute run (49 steps of 256) 30.9%, an 8-minute budget (195 steps) 40.7%.
 """
 
 from __future__ import annotations

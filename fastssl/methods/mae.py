@@ -23,6 +23,11 @@ norm-pix loss; views: RandomResizedCrop (scale 0.2-1) and flip only (the "mae" p
 The paper's decoder is 8 blocks of width 512 (16 heads) behind a ViT-L; fastssl's default decoder is 2 blocks of
 width 128 (4 heads) behind the ViT-Tiny default backbone (its Table 1: a 1-block decoder loses little in
 fine-tuning), so that a CPU sees many steps.
+
+Measured on the project's shared 2-core CPU (CIFAR-10, ViT-Tiny with patch 4, kNN on 10,000 train / 2,000 test
+images; the random initialisation scores 31.6%): a 2-minute run (29 steps of 256) 30.6%, an 8-minute budget
+(176 steps, loss 0.72 against the 1.0 of predicting each patch's mean) 28.3%, and 27.3% at 10x the lr. The loss
+falls, but MAE's representation needs far longer training (the paper pretrains for 800-1600 epochs).
 """
 
 from __future__ import annotations

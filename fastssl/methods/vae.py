@@ -17,6 +17,9 @@ the global generator, which the engine seeds and restores on resume. At the end 
 
 Defaults: AdamW lr 1e-3 x batch / 256 (the paper used Adagrad), weight decay 0.05, latent_dim 128, beta 1; one
 crop-and-flip view (the "mae" preset); decoder width num_features / 8 as in autoencoder.py.
+
+Measured on the project's shared 2-core CPU (CIFAR-10, kNN on 10,000 train / 2,000 test images; the random
+initialisation scores 30.1%): a 2-minute run (70 steps of 256) 29.6%, an 8-minute budget (294 steps) 39.6%.
 """
 
 from __future__ import annotations
