@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastssl.methods.base import Method
+from fastssl.methods.base import Method, expander_dims
 from fastssl.models import BarlowTwinsProjectionHead
 from fastssl.nn import gather_with_grad
 
@@ -55,12 +55,7 @@ class BarlowTwins(Method):
         super().__init__(backbone, backbone_spec, **base)
         if not lambd >= 0:
             raise ValueError(f"lambd: expected >= 0, got {lambd!r}")
-        wide = 4 * backbone.num_features
-        proj_hidden_dim, proj_dim = proj_hidden_dim or wide, proj_dim or wide
-        for key, value in (("proj_hidden_dim", proj_hidden_dim), ("proj_dim", proj_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key}: expected a positive int (or None: 4 x the backbone's {wide // 4} "
-                                 f"features), got {value!r}")
+        proj_hidden_dim, proj_dim = expander_dims(backbone.num_features, proj_hidden_dim, proj_dim)
         self.lambd = float(lambd)
         self.projector = BarlowTwinsProjectionHead(backbone.num_features, proj_hidden_dim, proj_dim)
         self.standardize = nn.BatchNorm1d(proj_dim, affine=False)  # the official code's self.bn

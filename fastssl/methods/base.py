@@ -44,6 +44,18 @@ def backbone_kwargs(name: str, args: dict[str, Any], in_channels: int, image_siz
     return kwargs
 
 
+def expander_dims(num_features: int, proj_hidden_dim, proj_dim) -> tuple[int, int]:
+    """The hidden and output widths of a Barlow Twins / VICReg expander: as given, or 4 x the backbone's
+    features when None (8192 for ResNet-50, the papers' width). Raises ValueError naming a bad width."""
+    wide = 4 * num_features
+    proj_hidden_dim, proj_dim = proj_hidden_dim or wide, proj_dim or wide
+    for key, value in (("proj_hidden_dim", proj_hidden_dim), ("proj_dim", proj_dim)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}: expected a positive int (or None: 4 x the backbone's {num_features} "
+                             f"features), got {value!r}")
+    return proj_hidden_dim, proj_dim
+
+
 class Method(nn.Module):
     """Base class of the methods in this folder; each subclass documents its paper and its defaults."""
 

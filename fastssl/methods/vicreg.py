@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastssl.methods.base import Method
+from fastssl.methods.base import Method, expander_dims
 from fastssl.models import VICRegProjectionHead
 from fastssl.nn import gather_with_grad
 
@@ -66,12 +66,7 @@ class VICReg(Method):
         for key, value in (("sim_coeff", sim_coeff), ("std_coeff", std_coeff), ("cov_coeff", cov_coeff)):
             if not value >= 0:
                 raise ValueError(f"{key}: expected >= 0, got {value!r}")
-        wide = 4 * backbone.num_features
-        proj_hidden_dim, proj_dim = proj_hidden_dim or wide, proj_dim or wide
-        for key, value in (("proj_hidden_dim", proj_hidden_dim), ("proj_dim", proj_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key}: expected a positive int (or None: 4 x the backbone's {wide // 4} "
-                                 f"features), got {value!r}")
+        proj_hidden_dim, proj_dim = expander_dims(backbone.num_features, proj_hidden_dim, proj_dim)
         self.coefficients = (float(sim_coeff), float(std_coeff), float(cov_coeff))
         self.projector = VICRegProjectionHead(backbone.num_features, proj_hidden_dim, proj_dim)
         self._terms = torch.zeros(3)

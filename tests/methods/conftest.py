@@ -1,37 +1,22 @@
-import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-
-def _shared_data() -> Path:
-    return Path(os.environ.get("FASTSSL_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
+from tests.methods.trainer_runs import cifar_npz, shared_data
 
 
 @pytest.fixture(scope="session")
 def cifar_small(tmp_path_factory) -> Path:
-    """The first 256 CIFAR-10 training images, decoded from the real JPEG file into a small .npz (x, y)."""
-    from PIL import Image
-
-    source = _shared_data() / "cifar10" / "cifar10_all_jpeg.npz"
-    if not source.exists():
-        pytest.skip(f"{source} not found (set FASTSSL_DATA)")
-    with np.load(source) as f:
-        jpeg, offsets, labels, is_train = f["jpeg_bytes"], f["offsets"], f["labels"], f["is_train"]
-    index = np.flatnonzero(is_train)[:256]
-    images = np.stack([np.asarray(Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
-                       for i in index])
-    path = tmp_path_factory.mktemp("data") / "cifar256.npz"
-    np.savez(path, x=images, y=labels[index].astype(np.int64))
-    return path
+    """The first 256 CIFAR-10 training images (the shared file is sorted by class: all airplanes; the tests that
+    use this slice check losses, shapes, gradients and resume, not labels), as a small .npz (x, y)."""
+    return cifar_npz(tmp_path_factory.mktemp("data") / "cifar256.npz", lambda labels: np.arange(256))
 
 
 @pytest.fixture(scope="session")
 def mnist_small(tmp_path_factory) -> Path:
     """The first 128 real MNIST test digits, 28 x 28 x 1 uint8, as a small .npz (x, y)."""
-    source = _shared_data() / "mnist" / "mnist_test.npz"
+    source = shared_data() / "mnist" / "mnist_test.npz"
     if not source.exists():
         pytest.skip(f"{source} not found (set FASTSSL_DATA)")
     with np.load(source) as f:

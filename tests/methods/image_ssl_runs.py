@@ -4,7 +4,6 @@ bit where the run that never stopped ends; real views through the method's own v
 
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 from pathlib import Path
@@ -15,10 +14,7 @@ import torch
 from fastssl.data import view_pipeline
 from fastssl.methods import METHODS
 from fastssl.train import TrainConfig, Trainer
-from fastssl.train.checkpoint import load_checkpoint
-
-TINY_RESNET = dict(backbone="resnet18", backbone_args={"width": 0.125})
-TINY_VIT = dict(backbone="vit_tiny", backbone_args={"dim": 32, "depth": 2, "num_heads": 2})
+from tests.methods.trainer_runs import TINY_RESNET, TINY_VIT, assert_checkpoints_match, losses
 # Heads a few hundred wide: the tests check the mechanics, the paper's widths only cost time here.
 SMALL = {
     "simsiam": dict(TINY_RESNET, method_args={"proj_hidden_dim": 128, "proj_dim": 128, "pred_hidden_dim": 32}),
@@ -53,11 +49,6 @@ def real_views(data: Path, method: str, batch_size: int = 16, **view_args) -> li
     return pipe(images, generator=torch.Generator().manual_seed(0), backend="reference")
 
 
-def losses(out: Path) -> list[float]:
-    with open(out / "metrics.csv", newline="") as f:
-        return [float(row["loss"]) for row in csv.DictReader(f)]
-
-
 def run_and_check_loss_falls(data: Path, out: Path, method: str, steps: int, **overrides) -> list[float]:
     """``steps`` Trainer steps; every loss is finite and the last quarter's mean is below the first quarter's."""
     assert Trainer(tiny_config(data, out, method, max_steps=steps, **overrides)).run()["step"] == steps
@@ -66,14 +57,6 @@ def run_and_check_loss_falls(data: Path, out: Path, method: str, steps: int, **o
     quarter = max(1, steps // 4)
     assert sum(values[-quarter:]) / quarter < sum(values[:quarter]) / quarter, values
     return values
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
 
 
 def assert_resume_is_exact(data: Path, tmp_path: Path, method: str, steps: int, **overrides) -> dict:
@@ -87,13 +70,7 @@ def assert_resume_is_exact(data: Path, tmp_path: Path, method: str, steps: int, 
     resumed.mkdir()
     shutil.copy(straight / f"step_{steps // 2:07d}.pt", resumed / "last.pt")
     assert Trainer(tiny_config(data, resumed, method, max_steps=steps, resume=True, **overrides)).run()["step"] == steps
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
-    assert a["step"] == b["step"] == steps and a["horizon"] == b["horizon"]
-    assert a["method_state"].keys() == b["method_state"].keys()
-    for key, value in a["method_state"].items():
-        assert _same(value, b["method_state"][key]), f"{key} differs after resume"
-    assert _same(a["optimizer"]["state"], b["optimizer"]["state"]), "optimizer state differs after resume"
-    return a["method_state"]
+    return assert_checkpoints_match(straight / "last.pt", resumed / "last.pt", steps)["method_state"]
 
 
 def assert_gradients(module: torch.nn.Module, *, none: tuple[str, ...] = ()) -> None:

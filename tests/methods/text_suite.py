@@ -1,24 +1,18 @@
 """Fixtures and helpers of the text and image-text method tests (gpt, mlm, clip): small slices of the real data
 and an interrupted-then-resumed Trainer run. Test modules import the fixtures they use from here."""
 
-import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fastssl.methods import METHODS
 from fastssl.train import TrainConfig, Trainer
 from fastssl.train.checkpoint import load_checkpoint
+from tests.methods.trainer_runs import assert_checkpoints_match, cifar_npz, losses, shared_data  # noqa: F401
 
 TINY_TEXT = {"dim": 32, "depth": 1, "num_heads": 2}  # a TextTransformer that trains in milliseconds a step
 TINY_RESNET = {"width": 0.125}
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("FASTSSL_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
@@ -37,20 +31,10 @@ def cifar_named(tmp_path_factory) -> Path:
     """320 real CIFAR-10 training images, 32 of each class, with labels AND class names (x, y, classes), as a small
     .npz: its fixed 80/20 split gives 256 "train" and 64 "test" images. (The shared file is sorted by class: its
     first few hundred training images are all airplanes.)"""
-    from PIL import Image
+    def per_class(labels):
+        return np.stack([np.flatnonzero(labels == c)[:32] for c in range(10)], axis=1).reshape(-1)
 
-    source = shared_data() / "cifar10" / "cifar10_all_jpeg.npz"
-    if not source.exists():
-        pytest.skip(f"{source} not found (set FASTSSL_DATA)")
-    with np.load(source) as f:
-        jpeg, offsets, labels, is_train = f["jpeg_bytes"], f["offsets"], f["labels"], f["is_train"]
-        classes = f["classes"]
-    index = np.stack([np.flatnonzero(is_train & (labels == c))[:32] for c in range(10)], axis=1).reshape(-1)
-    images = np.stack([np.asarray(Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
-                       for i in index])
-    path = tmp_path_factory.mktemp("data") / "cifar320_named.npz"
-    np.savez(path, x=images, y=labels[index].astype(np.int64), classes=classes)
-    return path
+    return cifar_npz(tmp_path_factory.mktemp("data") / "cifar320_named.npz", per_class, classes=True)
 
 
 class Interrupted(Exception):
@@ -80,18 +64,4 @@ def assert_interrupted_resume_matches(cfg: TrainConfig, stop_at: int, monkeypatc
     assert load_checkpoint(resumed / "last.pt")["step"] == stop_at
     Trainer(cfg.replace(out=str(resumed), checkpoint_every=stop_at, resume=True)).run()
 
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
-    assert a["step"] == b["step"] == cfg.max_steps
-    assert a["method_state"].keys() == b["method_state"].keys()
-    for key, value in a["method_state"].items():
-        assert torch.equal(value, b["method_state"][key]), f"{key} differs after resume"
-    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    return a
-
-
-def losses(out: Path) -> list[float]:
-    import csv
-
-    return [float(r["loss"]) for r in csv.DictReader(open(Path(out) / "metrics.csv"))]
+    return assert_checkpoints_match(straight / "last.pt", resumed / "last.pt", cfg.max_steps)

@@ -1,14 +1,19 @@
 """Shared checks of a method under the real Trainer (CPU, tiny backbone, real images): the loss falls, and a run
-resumed from a mid-run checkpoint lands on exactly the state of the run that never stopped."""
+resumed from a mid-run checkpoint lands on exactly the state of the run that never stopped. Also the pieces the
+image and text suites (image_ssl_runs.py, text_suite.py) and conftest.py share: the real data's folder, a decoded
+CIFAR-10 slice, the losses of a run, the exact comparison of two checkpoints."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from fastssl.train import TrainConfig, Trainer
@@ -16,6 +21,31 @@ from fastssl.train.checkpoint import load_checkpoint
 
 TINY_RESNET = dict(backbone="resnet18", backbone_args={"width": 0.125})
 TINY_VIT = dict(backbone="vit_tiny", backbone_args={"dim": 32, "depth": 2, "num_heads": 2})
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("FASTSSL_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
+
+
+def cifar_npz(path: Path, pick, classes: bool = False) -> Path:
+    """Decode the real CIFAR-10 training images that ``pick(labels_of_the_training_split) -> indices`` chooses
+    into ``path`` (an .npz with x, y and, with ``classes``, the class names); skips the test where the data is
+    missing."""
+    from PIL import Image
+
+    source = shared_data() / "cifar10" / "cifar10_all_jpeg.npz"
+    if not source.exists():
+        pytest.skip(f"{source} not found (set FASTSSL_DATA)")
+    with np.load(source) as f:
+        jpeg, offsets, labels, is_train = f["jpeg_bytes"], f["offsets"], f["labels"], f["is_train"]
+        names = f["classes"] if classes else None
+    train = np.flatnonzero(is_train)
+    index = train[pick(labels[train])]
+    images = np.stack([np.asarray(Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+                       for i in index])
+    extra = {"classes": names} if classes else {}
+    np.savez(path, x=images, y=labels[index].astype(np.int64), **extra)
+    return path
 
 
 def tiny_config(data: Path, out: Path, method: str, **overrides) -> TrainConfig:
@@ -48,12 +78,25 @@ def assert_loss_decreases(out: Path) -> None:
     assert sum(values[-quarter:]) / quarter < sum(values[:quarter]) / quarter, values
 
 
-def _same(a, b) -> bool:
+def same(a, b) -> bool:
+    """Exactly equal: tensors of the same dtype and values, dicts key by key, anything else by ==."""
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
     if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     return a == b
+
+
+def assert_checkpoints_match(first: Path, second: Path, steps: int) -> dict:
+    """Two checkpoints of ``steps`` steps hold the same horizon, the same whole method state (weights, buffers,
+    EMA targets, centres, queues, seeds kept as extra state) and optimizer state, bit for bit. Returns the first."""
+    a, b = load_checkpoint(first), load_checkpoint(second)
+    assert a["step"] == b["step"] == steps and a["horizon"] == b["horizon"]
+    assert a["method_state"].keys() == b["method_state"].keys()
+    for key, value in a["method_state"].items():
+        assert same(value, b["method_state"][key]), f"{key} differs after resume"
+    assert same(a["optimizer"]["state"], b["optimizer"]["state"]), "optimizer state differs after resume"
+    return a
 
 
 def assert_resume_is_exact(data: Path, straight: Path, resumed: Path, method: str, steps: int,
@@ -65,13 +108,7 @@ def assert_resume_is_exact(data: Path, straight: Path, resumed: Path, method: st
     shutil.copy(straight / f"step_{steps // 2:07d}.pt", resumed / "last.pt")
     cfg = tiny_config(data, resumed, method, max_steps=steps, resume=True, **overrides)
     assert Trainer(cfg).run()["step"] == steps
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
-    assert a["step"] == b["step"] == steps
-    assert a["method_state"].keys() == b["method_state"].keys()
-    for key, value in a["method_state"].items():
-        assert _same(value, b["method_state"][key]), f"{key} differs after resume"
-    assert _same(a["optimizer"]["state"], b["optimizer"]["state"]), "optimizer state differs after resume"
-    assert a["horizon"] == b["horizon"]
+    assert_checkpoints_match(straight / "last.pt", resumed / "last.pt", steps)
 
 
 def trainable_grads(module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
