@@ -18,7 +18,8 @@ class TrainConfig:
     data: Optional[str] = None
     out: str = "runs/simclr"  # writes last.pt, metrics.csv, loss.png (and periodic checkpoints)
     backbone: Optional[str] = None  # resnet18 | resnet50 | vit_tiny | vit_small; None: the method's default
-    # e.g. {"width": 0.5}; cifar_stem is automatic. With neither set on a CPU, the default ResNet runs at width 0.25.
+    # e.g. {"width": 0.5}; cifar_stem is automatic. With neither set on a CPU, a default ResNet or ViT-Small runs at
+    # width 0.25.
     backbone_args: dict[str, Any] = field(default_factory=dict)
     method_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"temperature": 0.2}; see the method's file
     views: Optional[str] = None  # a fastssl.data view-pipeline preset; None: the method's (its small_preset,

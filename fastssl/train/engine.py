@@ -36,12 +36,52 @@ from fastssl.train.optim import build_optimizer, cosine_schedule, parameter_grou
 logger = logging.getLogger("fastssl.train")
 
 CPU_DEFAULT_WIDTH = 0.25  # the default backbone's width multiplier on CPU-only runs (see Trainer._build)
-CALIBRATION_STEPS = 5  # steps timed before a --budget-minutes run fits its schedules to the budget
+CALIBRATION_STEPS = 5  # steps timed (after the first) before a --budget-minutes run fits its schedules
 PHASES = ("data", "augment", "forward", "loss", "backward", "optimizer")
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+class BudgetPlan:
+    """Fits the step horizon (where the cosine schedules end) to a wall-clock budget.
+
+    The first step is not timed: it pays for allocation, kernel selection and compilation, and timing it made
+    runs end their schedules (and stop) far before the budget. After ``calibration`` timed steps the horizon is
+    fitted to the mean step time since the first step; it is refitted each time another tenth of the budget has
+    passed, until 90%, at the pace since the last fit, so a pace that changes (a warm cache, a busier machine)
+    still ends the schedules at the budget. The horizon never passes ``planned`` (the epochs' steps) and never falls below the current step.
+    """
+
+    def __init__(self, budget_s: float, planned: int, start: int, calibration: int = CALIBRATION_STEPS):
+        self.budget_s, self.planned, self.start, self.calibration = budget_s, planned, start, calibration
+        self.t_first: Optional[float] = None
+        self.fits = 0
+        self.next_fraction = 0.0
+        self.last: Optional[tuple[int, float]] = None
+        self.per_step = float("nan")
+
+    def update(self, step: int, elapsed: float) -> Optional[int]:
+        """Called after each step with the seconds since the run started; a new horizon, or None."""
+        if step == self.start + 1:
+            self.t_first = elapsed
+            return None
+        timed = step - self.start - 1
+        if self.t_first is None or timed < self.calibration:
+            return None
+        fraction = elapsed / self.budget_s
+        if self.fits and (fraction < self.next_fraction or fraction >= 0.9):
+            return None
+        self.fits += 1
+        self.next_fraction = math.floor(fraction * 10 + 1) / 10
+        # The pace since the last fit (a tenth of the budget), or since the first step at the first fit.
+        since_step, since = self.last if self.last is not None else (self.start + 1, self.t_first)
+        self.per_step = max(elapsed - since, 1e-9) / (step - since_step)
+        self.last = (step, elapsed)
+        per_step = self.per_step
+        fitted = step + int(max(0.0, self.budget_s - elapsed) / per_step)
+        return max(step, min(self.planned, fitted))
 
 
 def _seed_for(*parts: int) -> int:
@@ -176,13 +216,15 @@ class Trainer:
 
         backbone_args = dict(cfg.backbone_args)
         if (dist_info.device.type == "cpu" and cfg.backbone is None and not backbone_args
-                and self.method_cls.default_backbone.startswith("resnet")):
-            # A CPU has ~1/1000 of a GPU's convolution rate: the default ResNet at a quarter of its width (1/16 of
-            # the FLOPs) sees a few epochs in minutes instead of a fraction of one.
+                and self.method_cls.default_backbone.startswith(("resnet", "vit_small"))):
+            # A CPU has ~1/1000 of a GPU's convolution rate: the default ResNet (or ViT-Small) at a quarter of its
+            # width (1/16 of the FLOPs) sees a few epochs in minutes instead of a fraction of one (MoCo v3 at full
+            # ViT-Small width took 9 steps in 2 minutes).
             backbone_args = {"width": CPU_DEFAULT_WIDTH}
+        backbone = cfg.backbone
         torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed
         self.method: nn.Module = self.method_cls.build(
-            backbone=cfg.backbone, backbone_args=backbone_args, method_args=cfg.method_args,
+            backbone=backbone, backbone_args=backbone_args, method_args=cfg.method_args,
             in_channels=channels, image_size=view_size, loss_backend=cfg.loss_backend,
             distributed=dist_info.world > 1)
         device = dist_info.device
@@ -229,6 +271,7 @@ class Trainer:
         planned = cfg.epochs * self.order.steps_per_epoch
         self.horizon = min(planned, cfg.max_steps) if cfg.max_steps is not None else planned
         self.horizon_fixed = cfg.budget_minutes is None
+        self.budget_plan: Optional[BudgetPlan] = None
 
     def _state(self, step: int) -> dict[str, Any]:
         state = {
@@ -424,6 +467,8 @@ class Trainer:
         t_window, window_images, window_loss, window_steps = t_start, 0, torch.zeros(()), 0
         finite = torch.ones((), dtype=torch.bool, device=self.dist.device)
         prefetch = self.pool.submit(self._load, start, 0) if start < self.horizon else None
+        if not self.horizon_fixed:
+            self.budget_plan = BudgetPlan(60 * cfg.budget_minutes, self.horizon, start)
         step = start
         last_loss = float("nan")
         stopped_by = "steps"
@@ -459,8 +504,8 @@ class Trainer:
                     progress.update(1)
                 if at_checkpoint:
                     self._save(step)
-                if not self.horizon_fixed and step - start == CALIBRATION_STEPS:
-                    self._fit_horizon(step, start, time.perf_counter() - t_start)
+                if self.budget_plan is not None:
+                    self._fit_horizon(step, time.perf_counter() - t_start, progress)
                 if cfg.budget_minutes is not None and time.perf_counter() - t_start > 60 * cfg.budget_minutes:
                     stopped_by = "budget"
                     break
@@ -487,15 +532,20 @@ class Trainer:
                 self._print(self.profile_table(step - start))
         return summary
 
-    def _fit_horizon(self, step: int, start: int, elapsed: float) -> None:
+    def _fit_horizon(self, step: int, elapsed: float, progress) -> None:
         """--budget-minutes: fit the schedules (cosine lr, EMA momentum) to the steps that fit the budget."""
-        per_step = elapsed / max(1, step - start)
-        remaining = 60 * self.cfg.budget_minutes - elapsed
-        fitted = step + max(0, int(remaining / per_step))
-        self.horizon = max(step, min(self.horizon, fitted))
-        self.horizon_fixed = True
-        self._print(f"budget {self.cfg.budget_minutes:g} min at {per_step:.2f} s/step: schedules end at step "
-                    f"{self.horizon}")
+        horizon = self.budget_plan.update(step, elapsed)
+        if horizon is None:
+            return
+        first = not self.horizon_fixed
+        moved = abs(horizon - self.horizon) / max(self.horizon, 1)
+        self.horizon, self.horizon_fixed = horizon, True
+        if progress is not None:
+            progress.total = horizon
+            progress.refresh()
+        if first or moved > 0.05:
+            self._print(f"budget {self.cfg.budget_minutes:g} min at {self.budget_plan.per_step:.3g} s/step: schedules end at step "
+                        f"{horizon}" + ("" if first else " (refitted)"))
 
     def _progress(self, start: int):
         if not (self.cfg.progress and self.dist.is_main):

@@ -191,3 +191,47 @@ def test_trains_on_cuda_with_the_triton_paths(method, cifar_slice, tmp_path):
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["step"] == 6
     assert all(torch.isfinite(v).all() for v in state["method_state"].values() if v.is_floating_point())
+
+
+def test_budget_plan_ignores_the_slow_first_step_and_refits():
+    from fastssl.train.engine import BudgetPlan
+
+    # 100 s budget; the first step takes 10 s (compilation), then 0.5 s a step: 180 steps fit after step 1.
+    plan = BudgetPlan(100.0, planned=10_000, start=0, calibration=5)
+    elapsed, horizons = 0.0, {}
+    for step in range(1, 400):
+        elapsed += 10.0 if step == 1 else 0.5
+        horizon = plan.update(step, elapsed)
+        if horizon is not None:
+            horizons[step] = horizon
+        if elapsed >= 100.0:
+            break
+    first = min(horizons)
+    assert first == 6 and horizons[first] == 181  # 6 + 87.0 s / 0.5 s
+    # The pace halves a third of the way in: the next refit moves the horizon down, still ending near the budget.
+    plan = BudgetPlan(100.0, planned=10_000, start=0, calibration=5)
+    elapsed, horizon, step = 0.0, None, 0
+    while elapsed < 100.0:
+        step += 1
+        elapsed += 10.0 if step == 1 else (0.5 if elapsed < 40 else 1.0)
+        horizon = plan.update(step, elapsed) or horizon
+    assert abs(horizon - step) <= 0.05 * step, (horizon, step)
+    assert plan.fits > 3
+    # Never beyond the planned epochs, never before the current step.
+    plan = BudgetPlan(100.0, planned=50, start=20, calibration=2)
+    assert plan.update(21, 1.0) is None and plan.update(22, 1.1) is None
+    assert plan.update(23, 1.2) == 50
+    late = BudgetPlan(1.0, planned=1_000, start=0, calibration=1)
+    late.update(1, 0.1)
+    assert late.update(2, 5.0) == 2
+
+
+def test_budget_run_ends_its_schedule_at_the_budget(cifar_slice, tmp_path):
+    cfg = _config(cifar_slice, tmp_path / "run", budget_minutes=0.25, epochs=1000)
+    summary = Trainer(cfg).run()
+    assert summary["stopped_by"] in ("budget", "steps")
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["horizon_fixed"]
+    # The schedule's end is within a few steps of where the budget stopped the run.
+    assert abs(state["horizon"] - summary["step"]) <= max(3, 0.15 * summary["step"]), (state["horizon"], summary)
+    assert 12 <= summary["seconds"] <= 15 + 10

@@ -58,7 +58,8 @@ def test_text_resume_is_bit_exact_with_grad_accumulation(method, shakespeare_sma
     assert_interrupted_resume_matches(cfg, stop_at=2, monkeypatch=monkeypatch)
 
 
-def test_the_method_chooses_the_data_and_batch(tmp_path):
+def test_the_method_chooses_the_data_and_batch(shakespeare_small, tmp_path):
+    # shakespeare_small skips the test where the shared data (the named "shakespeare") is missing.
     trainer = _built(TrainConfig(method="gpt", out=str(tmp_path), device="cpu", progress=False))
     assert trainer.cfg.data == "shakespeare" and trainer.cfg.batch_size == METHODS["gpt"].defaults["batch_size"]
     assert trainer.optimizer_name == "adamw" and trainer.clip_grad == 1.0
