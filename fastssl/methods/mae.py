@@ -110,19 +110,22 @@ class MAE(Method):
 
     def forward(self, views, step: int = 0, horizon: int = 1):
         """views: [view (B, C, H, W), ...]; only the first is used -> (predictions, targets), both
-        (B, L - K, p*p*C): the decoder's pixels at the masked patches and their (normalised) true pixels."""
+        (B, L - K, p*p*C): the decoder's pixels at the masked patches and their (normalised) true pixels.
+        The indices come from ``random_masking`` (in range by construction): ``check_range=False`` keeps the
+        gathers from reading them back to the host, a GPU sync per call."""
         view = views[0]
         p = self.backbone.patch_size
         ids_keep, ids_masked, ids_restore = self.masking(view.shape[0], step, view.device)
-        latent = self.backbone.forward_patches(patchify_gather(view, p, ids_keep), ids_keep)  # (B, 1 + K, D)
+        latent = self.backbone.forward_patches(patchify_gather(view, p, ids_keep, check_range=False), ids_keep)  # (B, 1 + K, D)
         x = self.decoder_embed(latent)
-        tokens = unshuffle_with_mask_token(x[:, 1:], self.mask_token, ids_restore)  # (B, L, D_dec)
+        tokens = unshuffle_with_mask_token(x[:, 1:], self.mask_token, ids_restore, check_range=False)  # (B, L, D_dec)
         x = torch.cat([x[:, :1], tokens + self.decoder_pos_embed.to(tokens.dtype)], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
         x = self.decoder_norm(x)[:, 1:]  # drop the cls token
-        pred = self.decoder_pred(gather_tokens(x, ids_masked))  # only the masked patches are predicted
-        target = patchify_gather(view.detach(), p, ids_masked, normalize_pixels=self.norm_pix_loss)
+        pred = self.decoder_pred(gather_tokens(x, ids_masked, check_range=False))  # only the masked patches are predicted
+        target = patchify_gather(view.detach(), p, ids_masked, normalize_pixels=self.norm_pix_loss,
+                                 check_range=False)
         return pred, target
 
     def loss(self, outputs):

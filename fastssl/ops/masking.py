@@ -270,8 +270,15 @@ def _check_floating(name: str, t, dims: int, layout: str) -> None:
         raise ValueError(f"{name} must be floating point (float32, bfloat16, float16 or float64), got {t.dtype}")
 
 
-def _check_index(name: str, ids, batch: int, upper: int, device: torch.device, upper_name: str) -> torch.Tensor:
-    """A (batch, K) integer tensor with values in [0, upper), returned as contiguous int64."""
+def _check_index(name: str, ids, batch: int, upper: int, device: torch.device, upper_name: str,
+                 check_range: bool = True) -> torch.Tensor:
+    """A (batch, K) integer tensor with values in [0, upper), returned as contiguous int64.
+
+    The range check reads the indices' min and max back to the host: on a GPU that waits for every queued kernel.
+    With ``check_range=False`` (indices the caller built, e.g. by ``random_masking``) a CUDA tensor is checked by
+    an asynchronous device-side assertion instead (no wait; a bad index stops the process with a device-side
+    assert rather than reading out of bounds), and a CPU tensor is still checked on the host (no queue to wait
+    for)."""
     if not isinstance(ids, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
     if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
@@ -283,7 +290,9 @@ def _check_index(name: str, ids, batch: int, upper: int, device: torch.device, u
     if ids.device != device:
         raise ValueError(f"{name} is on {ids.device} but the data is on {device}")
     ids = ids.to(torch.int64).contiguous()
-    if ids.numel() and not torch.compiler.is_compiling():
+    if ids.numel() and not torch.compiler.is_compiling() and not check_range and ids.device.type == "cuda":
+        torch._assert_async(((ids >= 0) & (ids < upper)).all(), f"{name} values must lie in [0, {upper})")
+    elif ids.numel() and not torch.compiler.is_compiling():
         lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # one host sync, not two
         if lo < 0 or hi >= upper:
             raise ValueError(f"{name} values must lie in [0, {upper}) ({upper_name}), got [{lo}, {hi}]")
@@ -489,7 +498,7 @@ def mask_tokens(input_ids: torch.Tensor, vocab_size: int, mask_token_id: int, ma
 
 
 def patchify_gather(images: torch.Tensor, patch_size: int, ids_keep: torch.Tensor, normalize_pixels: bool = False,
-                    backend: str = "auto") -> torch.Tensor:
+                    backend: str = "auto", check_range: bool = True) -> torch.Tensor:
     """The visible patches of MAE, read straight from the images: ``patchify(images)[b, ids_keep[b, k]]``.
 
     Args:
@@ -501,6 +510,9 @@ def patchify_gather(images: torch.Tensor, patch_size: int, ids_keep: torch.Tenso
         normalize_pixels: per patch (x - mean) / sqrt(var + 1e-6) with the unbiased variance, MAE's
             norm_pix_loss target.
         backend: "auto", "reference", "cpp" or "triton".
+        check_range: check on the host that every index lies in [0, L) (an error naming the argument). On a GPU
+            that is a host sync per call; pass False for indices built in range (``random_masking``'s) to check
+            them with an asynchronous device-side assertion instead.
 
     Returns:
         (B, K, p*p*C) in the images' dtype, element (i, j, c) of a patch at i*p*C + j*C + c (MAE's order);
@@ -512,7 +524,7 @@ def patchify_gather(images: torch.Tensor, patch_size: int, ids_keep: torch.Tenso
     """
     length, numel = _check_images(images, patch_size)
     ids_keep = _check_index("ids_keep", ids_keep, images.shape[0], length, images.device,
-                            "L = (H / patch_size) * (W / patch_size)")
+                            "L = (H / patch_size) * (W / patch_size)", check_range)
     if normalize_pixels and numel < 2:
         raise ValueError(f"normalize_pixels needs at least 2 values per patch (patch_size^2 * C), got {numel}")
     chosen = _dispatch.select("patchify_gather", backend, images.device, images.dtype, numel)
@@ -521,12 +533,13 @@ def patchify_gather(images: torch.Tensor, patch_size: int, ids_keep: torch.Tenso
     return _patchify_gather_op(images, ids_keep, int(patch_size), bool(normalize_pixels), chosen)
 
 
-def gather_tokens(x: torch.Tensor, ids: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor, backend: str = "auto", check_range: bool = True) -> torch.Tensor:
     """Rows of x by index: out[b, k] = x[b, ids[b, k]] (MAE's encoder keeps its visible tokens this way).
 
     Args:
         x: (B, L, D) float tokens, any strides (a slice like ``x[:, 1:]`` that drops a class token is not copied).
         ids: (B, K) integer indices in [0, L); repeats are allowed (the backward sums them, like index_add).
+        check_range: as in :func:`patchify_gather` (False: no host sync on a GPU).
 
     Returns:
         (B, K, D) in x's dtype. Example::
@@ -534,7 +547,7 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor, backend: str = "auto") -> 
             >>> fastssl.ops.gather_tokens(tokens, ids_keep)  # (B, L, D) -> (B, K, D)
     """
     _check_floating("x", x, 3, "(B, L, D)")
-    ids = _check_index("ids", ids, x.shape[0], x.shape[1], x.device, "L = x.shape[1]")
+    ids = _check_index("ids", ids, x.shape[0], x.shape[1], x.device, "L = x.shape[1]", check_range)
     chosen = _dispatch.select("gather_tokens", backend, x.device, x.dtype)
     if chosen == "reference":
         return gather_tokens_reference(x, ids)
@@ -542,7 +555,7 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor, backend: str = "auto") -> 
 
 
 def unshuffle_with_mask_token(visible: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor,
-                              backend: str = "auto") -> torch.Tensor:
+                              backend: str = "auto", check_range: bool = True) -> torch.Tensor:
     """MAE's decoder input in one pass: out[b, l] = visible[b, r] if r = ids_restore[b, l] < K, else mask_token.
 
     Equals ``torch.gather(torch.cat([visible, mask_tokens], 1), 1, ids_restore[..., None].expand(-1, -1, D))``.
@@ -551,6 +564,7 @@ def unshuffle_with_mask_token(visible: torch.Tensor, mask_token: torch.Tensor, i
         visible: (B, K, D) float decoder tokens of the kept patches (any strides, e.g. ``x[:, 1:]``).
         mask_token: (D,) or MAE's (1, 1, D) parameter; cast to visible's dtype (differentiably).
         ids_restore: (B, L) integer indices in [0, L), e.g. from ``random_masking``.
+        check_range: as in :func:`patchify_gather` (False: no host sync on a GPU).
 
     Returns:
         (B, L, D) in visible's dtype; gradients flow to visible and to mask_token (the sum over masked positions).
@@ -569,7 +583,8 @@ def unshuffle_with_mask_token(visible: torch.Tensor, mask_token: torch.Tensor, i
     length = ids_restore.shape[1]
     if length < num_visible:
         raise ValueError(f"ids_restore has L = {length} columns, fewer than the K = {num_visible} visible tokens")
-    ids_restore = _check_index("ids_restore", ids_restore, batch, length, visible.device, "L = ids_restore.shape[1]")
+    ids_restore = _check_index("ids_restore", ids_restore, batch, length, visible.device, "L = ids_restore.shape[1]",
+                               check_range)
     token = mask_token.reshape(dim).to(visible.dtype)
     chosen = _dispatch.select("unshuffle_with_mask_token", backend, visible.device, visible.dtype)
     if chosen == "reference":

@@ -546,6 +546,16 @@ def test_bad_input_raises_value_error_naming_the_argument(call, message):
         call()
 
 
+def test_check_range_false_still_checks_cpu_indices_on_the_host():
+    """check_range=False only changes how CUDA indices are checked (no host sync); CPU indices keep the error."""
+    with pytest.raises(ValueError, match="ids_keep values must lie in"):
+        patchify_gather(torch.randn(2, 3, 32, 32), 4, _IDS + 64, check_range=False)
+    with pytest.raises(ValueError, match="ids values must lie in"):
+        gather_tokens(torch.randn(2, 8, 4), _IDS - 1, check_range=False)
+    with pytest.raises(ValueError, match="ids_restore values"):
+        unshuffle_with_mask_token(torch.randn(2, 3, 4), torch.randn(4), _IDS + 4, check_range=False)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # On a CUDA GPU (benchmarks/gpu_check.py runs these with `-m gpu`): Triton at the real sizes.
 # ----------------------------------------------------------------------------------------------------------------
@@ -587,3 +597,32 @@ def test_triton_on_cuda_matches_reference_at_mae_sizes(dtype):
     assert torch.equal(d_tokens[:, 1:].gather(1, rows), grad.gather(1, rows))
     expected_token = (grad.double() * (ids_restore >= 49)[:, :, None]).sum((0, 1))
     assert torch.allclose(d_token.reshape(-1).double(), expected_token, rtol=2e-2, atol=2e-2 * math.sqrt(64 * 147))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_unchecked_gathers_never_make_the_host_wait():
+    """With check_range=False (MAE's indices from random_masking) the gathers and their backward make no
+    synchronising CUDA call; the default check reads the range back (one sync), which the debug mode reports."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    images = torch.randn(16, 3, 32, 32, device="cuda", generator=generator, requires_grad=True)
+    token = torch.randn(48, device="cuda", requires_grad=True)
+    for attempt in range(2):  # the first call compiles the kernels
+        if attempt:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            ids_keep, _, ids_restore = random_masking(16, 64, 0.75, generator=generator)
+            visible = patchify_gather(images, 4, ids_keep, backend="triton", check_range=False)
+            kept = gather_tokens(visible, ids_keep[:, :8] % 16, backend="triton", check_range=False)
+            decoded = unshuffle_with_mask_token(visible, token, ids_restore, backend="triton", check_range=False)
+            (decoded.sum() + kept.sum()).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            patchify_gather(images, 4, ids_keep, backend="triton")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(images.grad).all().item()
