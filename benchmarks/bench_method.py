@@ -146,6 +146,15 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     import yaml
 
+    from fastssl.methods import METHODS
+
+    if args.method not in METHODS:
+        parser.error(f"--method: unknown {args.method!r}; registered: {', '.join(sorted(METHODS))}")
+    if METHODS[args.method].data_kind != "image":
+        parser.error(f"--method: {args.method} is a {METHODS[args.method].data_kind} method; this benchmark times "
+                     "the image pipeline (uint8 batch -> fused augmentation -> model -> loss) against per-sample "
+                     "augmentation in DataLoader workers. `fastssl pretrain` logs a text method's throughput.")
+
     backbone_args = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.backbone_arg)}
     r = measure(args.method, args.data, args.batch_size, args.steps, args.device, args.workers, backbone_args)
     spec = r["backbone"]

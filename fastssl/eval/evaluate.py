@@ -218,6 +218,9 @@ def finetune_checkpoint(checkpoint: str | Path, data: Optional[str] = None, labe
         raise ValueError(f"label_fraction: must lie in (0, 1], got {label_fraction}")
     out = out or sys.stdout
     state = load_checkpoint(checkpoint)
+    if data_kind(state) == "text":
+        raise ValueError(f"checkpoint: {state['method']} is a text method; fine-tuning trains an image classifier "
+                         "on labelled images (`fastssl eval` reports the text methods' own metrics)")
     data = data or state["config"]["data"]
     dev = resolve_device(device)
     train = load_image_dataset(data, split="train")

@@ -89,3 +89,9 @@ def test_cli_pretrains_on_a_text_file_and_evaluates_it(shakespeare_small, tmp_pa
     assert bits > 0 and 4.0 < unigram < 5.5
     assert main(["eval", "--checkpoint", str(tmp_path / "last.pt"), "--device", "cpu"]) == 0
     assert f"val_bits_per_char: {bits:.4f}" in capsys.readouterr().out
+    # Fine-tuning and the method benchmark are image tools: a text checkpoint or method gets a clear refusal.
+    assert main(["finetune", "--checkpoint", str(tmp_path / "last.pt"), "--label-fraction", "0.1"]) != 0
+    assert "gpt is a text method" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--method", "mlm"])
+    assert "mlm is a text method" in capsys.readouterr().err
