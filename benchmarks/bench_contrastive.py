@@ -61,6 +61,13 @@ def make_case(op: str, impl: str, size: int, dim: int, dtype: torch.dtype, devic
     a.requires_grad_(True)
     b.requires_grad_(True)
     scale = torch.tensor(14.3, device=device, requires_grad=True)
+    if impl.startswith("triton"):
+        from fastssl.kernels import info_nce as kernels
+
+        # "triton4": NT-Xent's 4-matmul backward (dq + dk, renormalised), for comparison with the 2-matmul
+        # symmetric one that "triton" takes for bf16 / fp16.
+        kernels.NT_XENT_SYMMETRIC = "never" if impl == "triton4" else "half"
+        impl = "triton"
     if op == "nt_xent":
         if impl in ("eager", "compile"):
             fn = lambda x, y, s: nt_xent_reference(x, y, 0.5)  # noqa: E731
@@ -169,7 +176,7 @@ _TRITON_DEFAULTS: dict = {}
 def gpu_case(op: str, impl: str, size: int, dim: int, dtype: torch.dtype, triton_config=None) -> dict:
     from triton.testing import do_bench
 
-    if impl == "triton" and triton_config:
+    if impl.startswith("triton") and triton_config:
         from tune_info_nce import KNOBS, apply_config
 
         from fastssl.kernels import info_nce as kernels
@@ -208,11 +215,13 @@ def gpu_table(cases, impls, dtypes, budget_s: float, triton_config=None) -> list
           f"copy {peaks['copy_gbps']:.0f} GB/s (measured)", flush=True)
     head = {"peaks": peaks, "device": torch.cuda.get_device_name(), "torch": torch.__version__}
     results: dict[tuple, dict] = {}
-    order = sorted(impls, key=lambda i: i not in ("triton", "cuda"))
+    order = sorted(impls, key=lambda i: not (i.startswith("triton") or i == "cuda"))
     spent = False
     for impl in order:
         for dtype in dtypes:
             for op, size, dim in cases:
+                if impl == "triton4" and (op != "nt_xent" or dtype == torch.float32):
+                    continue  # the same kernels as "triton" there
                 if time.time() - t_start > budget_s:
                     spent = True
                     break
@@ -278,7 +287,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", type=int, nargs="*", help="CPU: 2N values (default 1024 4096 8192)")
-    parser.add_argument("--impls", nargs="*", help="default: eager compile cpp (CPU); eager compile triton (GPU)")
+    parser.add_argument("--impls", nargs="*", help="default: eager compile cpp (CPU); eager compile triton triton4 (GPU; triton4: NT-Xent with the 4-matmul backward)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--dtypes", nargs="*", default=["bfloat16", "float32"])
     parser.add_argument("--budget-s", type=float, default=300.0, help="GPU: stop starting new cases after this")
@@ -296,7 +305,7 @@ def main() -> None:
     else:
         cases = [("nt_xent", s, 128) for s in (8192, 32768, 65536)] + [("clip", s, 256) for s in (8192, 32768, 65536)]
         config = json.loads(args.triton_config.read_text()) if args.triton_config else None
-        rows = gpu_table(cases, args.impls or ["eager", "compile", "triton"],
+        rows = gpu_table(cases, args.impls or ["eager", "compile", "triton", "triton4"],
                          [getattr(torch, d) for d in args.dtypes], args.budget_s, config)
         if config:
             rows[0]["triton_config"] = config

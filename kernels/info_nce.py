@@ -532,6 +532,70 @@ def info_nce_backward(q, k, scale, pos, exclude, lse, coef, normalize=False, com
     return dq, dk, dscale_rows.sum() * coef
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# NT-Xent's backward through the symmetry of S = scale * Z Z^T: 2 matmul-units instead of 4.
+#
+# dL/dz^_i = coef * scale * sum_j (G_ij + G_ji) z^_j with G = P - onehot. S_ji = S_ij, so one tile of S gives
+# both P_ij = exp(S_ij - lse_i) and P_ji = exp(S_ij - lse_j), and a program that owns a block of rows forms its
+# whole dz from one S tile and one matmul per column block: no atomics, no second pass, and the pair map is
+# its own inverse (pos(pos(i)) = i), so the one-hot of G^T equals that of G. What it gives up is the row
+# renormalisation of the 4-unit path (P_ji is built from lse_j, whose fp32 rounding the column sums of this
+# tile cannot correct; see the note above the dq kernel): at fp32 and a large scale that costs accuracy, so it
+# is the path for bfloat16 / float16 inputs (whose tolerance is orders of magnitude wider), and fp32 keeps the
+# renormalised path unless NT_XENT_SYMMETRIC = "always".
+# ----------------------------------------------------------------------------------------------------------------
+
+NT_XENT_SYMMETRIC = "half"  # "half" (bf16/fp16 inputs) | "always" | "never": which inputs take the symmetric path
+
+
+@triton.jit
+def _nt_xent_bwd_sym_kernel(
+    z_ptr, rz_ptr, scale_ptr, coef_ptr, lse_ptr, dz_ptr, dscale_rows_ptr,
+    N2, D, HALF,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, NORMALIZE: tl.constexpr,
+):
+    """dz_i = coef * s * sum_j (G_ij + G_ji) z^_j for one block of rows, and the per-row partial
+    sum_j G_ij (z^_i . z^_j) of dscale / coef."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    row_ok = rows < N2
+    dims = tl.arange(0, BLOCK_D).to(tl.int64)
+    q = _load_tile(z_ptr, rows, row_ok, dims, D)
+    pos = (rows + HALF) % N2
+    lse_r = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))  # +inf: padding rows get P = 0
+    rq = tl.load(rz_ptr + rows, mask=row_ok, other=0.0)
+    scale = tl.load(scale_ptr)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    dscale_rows = tl.zeros((BLOCK_M,), tl.float32)
+    for start in range(0, N2, BLOCK_N):
+        cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
+        col_ok = cols < N2
+        k = _load_tile(z_ptr, cols, col_ok, dims, D)
+        rk = tl.load(rz_ptr + cols, mask=col_ok, other=0.0)
+        lse_c = tl.load(lse_ptr + cols, mask=col_ok, other=float("inf"))
+        qk = _cosines(q, k, rq, rk, DOT_PRECISION, UPCAST_DOT)
+        keep = row_ok[:, None] & col_ok[None, :] & (cols[None, :] != rows[:, None])
+        s = qk * scale
+        p_r = tl.where(keep, tl.exp2((s - lse_r[:, None]) * _LOG2E), 0.0)
+        p_c = tl.where(keep, tl.exp2((s - lse_c[None, :]) * _LOG2E), 0.0)
+        onehot = tl.where(cols[None, :] == pos[:, None], 1.0, 0.0)
+        dscale_rows += tl.sum((p_r - onehot) * qk, 1)
+        g = (p_r + p_c - 2.0 * onehot) * rk[None, :]
+        acc += _mma(g.to(k.dtype), k, DOT_PRECISION, UPCAST_DOT)
+
+    coef = tl.load(coef_ptr)
+    out = _project(acc * (coef * scale), q, rq, NORMALIZE).to(dz_ptr.dtype.element_ty)
+    tl.store(dz_ptr + rows[:, None] * D + dims[None, :], out, mask=row_ok[:, None] & (dims < D)[None, :])
+    tl.store(dscale_rows_ptr + rows, dscale_rows, mask=row_ok)
+
+
+def _use_symmetric(dtype):
+    if NT_XENT_SYMMETRIC not in ("half", "always", "never"):
+        raise ValueError(f"NT_XENT_SYMMETRIC must be 'half', 'always' or 'never', got {NT_XENT_SYMMETRIC!r}")
+    return NT_XENT_SYMMETRIC == "always" or (NT_XENT_SYMMETRIC == "half" and dtype != torch.float32)
+
+
 def nt_xent_pairs(two_n, device):
     """pos_i = (i + N) mod 2N and exclude_i = i: a view's positive is the other view, and it skips itself."""
     rows = torch.arange(two_n, device=device)
@@ -552,14 +616,29 @@ def nt_xent_forward(z, scale, normalize=False):
 
 
 def nt_xent_backward(z, scale, lse, coef, normalize=False):
-    """dz (2N, D) in z's dtype and dscale (0-d float32): dq + dk of info_nce_backward with q = k = z.
+    """dz (2N, D) in z's dtype and dscale (0-d float32).
 
-    A fused pass using the symmetry of S (G_ji from the same tile through lse_j) would save one of the four
-    matmuls per tile, but it must normalise row j's probabilities with sums taken over other tiles (S_ji),
-    and only bit-identical S makes that renormalisation exact. Under the interpreter those tiles were not
-    bit-identical and dz came out at 3x PyTorch's fp32 error at scale 100, so that path was dropped.
+    bfloat16 / float16 inputs (NT_XENT_SYMMETRIC = "half"): one pass through the symmetry of S, 2 matmul-units
+    (_nt_xent_bwd_sym_kernel). fp32: dq + dk of info_nce_backward with q = k = z, 4 units, with the row
+    renormalisation that keeps fp32 within 2x PyTorch's error at scale 100 (the symmetric pass cannot
+    renormalise row j's probabilities from a tile of row i's, and came out at 3x there under the interpreter).
     """
     _check_nt_xent_args(z, scale)
+    if _use_symmetric(z.dtype):
+        _check_rows("lse", lse, z.shape[0], torch.float32, z.device)
+        _check_scalar("coef", coef, z.device)
+        (two_n, d) = z.shape
+        dz = torch.empty_like(z)
+        dscale_rows = torch.empty(two_n, dtype=torch.float32, device=z.device)
+        rz, _ = _row_scales(z, z, normalize)
+        block_d, block_m, block_n, num_stages = _config(False, d, z.dtype)
+        _nt_xent_bwd_sym_kernel[(triton.cdiv(two_n, block_m),)](
+            z, rz, scale, coef, lse, dz, dscale_rows, two_n, d, two_n // 2,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, NORMALIZE=normalize,
+            DOT_PRECISION=_dot_precision(z.dtype), UPCAST_DOT=_INTERPRETED,
+            num_warps=_NUM_WARPS, num_stages=num_stages,
+        )
+        return dz, dscale_rows.sum() * coef
     pos, exclude = nt_xent_pairs(z.shape[0], z.device)
     dq, dk, dscale = info_nce_backward(z, z, scale, pos, exclude, lse, coef, normalize)
     return dq.add_(dk), dscale
