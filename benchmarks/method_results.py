@@ -31,8 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 METRIC = re.compile(r"^([a-z][a-z0-9_]*): (-?[0-9.]+(?:e-?[0-9]+)?|nan|inf)\s*$", re.MULTILINE)
 # The metric each table row leads with, in order of preference; the first one printed is the headline.
-HEADLINE = ("knn_top1", "zero_shot_top1", "val_bits_per_char", "masked_accuracy")
-BASELINE_NAMES = {"unigram_bits_per_char": "val_bits_per_char"}  # printed baselines that pair with a metric
+HEADLINE = ("zero_shot_top1", "knn_top1", "val_bits_per_char", "masked_accuracy")
+# printed baselines that pair with a metric (and replace the random initialisation as its baseline)
+BASELINE_NAMES = {"unigram_bits_per_char": "val_bits_per_char", "majority_accuracy": "masked_accuracy"}
 
 
 def run(cmd: list[str], log: Path, timeout: float) -> tuple[int, str]:
@@ -76,9 +77,30 @@ def main(argv=None) -> int:
     parser.add_argument("--test-limit", type=int, help="test images (default: all)")
     parser.add_argument("--batch-size", type=int, help="pretraining batch (default: the trainer's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--table-from", nargs="+", type=Path, metavar="RESULTS.json",
+                        help="run nothing: write OUT/results.md from these results.json files (a later file's row "
+                             "of a method replaces an earlier one; the header takes this run's arguments)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from fastssl.methods import METHODS
+
+    if args.table_from:
+        merged: dict[str, dict] = {}
+        for path in args.table_from:
+            for row in json.loads(path.read_text()):
+                config = path.parent / row["method"] / "config.yaml"  # rows written before batch_size was kept
+                if row.get("batch_size") is None and config.exists():
+                    import yaml
+
+                    row["batch_size"] = yaml.safe_load(config.read_text()).get("batch_size")
+                merged[row["method"]] = row
+        rows = [merged[name] for name in sorted(merged)]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+        table = markdown(rows, args)
+        (args.out / "results.md").write_text(table)
+        print(table)
+        return 0
 
     names = args.methods or sorted(METHODS)
     unknown = [n for n in names if n not in METHODS]
@@ -106,6 +128,8 @@ def main(argv=None) -> int:
         row["pretrain_seconds"] = round(time.time() - t0, 1)
         done = re.search(r"done: step (\d+)", text)
         row["steps"] = int(done.group(1)) if done else None
+        batch = re.search(r", batch (\d+) on ", text)
+        row["batch_size"] = int(batch.group(1)) if batch else None
         if code != 0:
             row["error"] = f"pretrain exit {code}: {text.strip().splitlines()[-1] if text.strip() else ''}"
             rows.append(row)
@@ -147,25 +171,31 @@ def markdown(rows: list[dict], args) -> str:
              f"{'kNN and linear probe' if args.linear else 'weighted kNN (k = 20)'} for image methods"
              f"{f', {args.train_limit} bank images' if args.train_limit else ''}"
              f"{f', {args.test_limit} test images' if args.test_limit else ''}; the method's own metrics otherwise.",
-             "", "| method | data | steps | metric | trained | baseline | baseline is | other metrics |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| method | data | steps, batch | metric | trained | baseline | baseline is | better by | other metrics |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r and not r.get("trained"):
-            lines.append(f"| {r['method']} | {r['data']} | {r.get('steps') or ''} | failed | | | | {r['error']} |")
+            lines.append(f"| {r['method']} | {r['data']} | {r.get('steps') or ''} | failed | | | | | {r['error']} |")
             continue
         trained, init = r.get("trained", {}), r.get("random_init", {})
         head = headline(trained)
         if head is None:
-            lines.append(f"| {r['method']} | {r['data']} | {r.get('steps')} | none printed | | | | |")
+            lines.append(f"| {r['method']} | {r['data']} | {r.get('steps')} | none printed | | | | | |")
             continue
         baseline_kind, baseline = "random init", init.get(head)
         for printed, pairs in BASELINE_NAMES.items():
             if pairs == head and printed in trained:
                 baseline_kind, baseline = printed.replace("_", " "), trained[printed]
-        others = ", ".join(f"{k} {v:.4g}" for k, v in trained.items() if k != head and k not in BASELINE_NAMES)
+        others = ", ".join(f"{k} {v:.4g}" + (f" (init {init[k]:.4g})" if k in init else "")
+                           for k, v in trained.items() if k != head and k not in BASELINE_NAMES)
         base = f"{baseline:.4f}" if baseline is not None else ""
-        lines.append(f"| {r['method']} | {r['data']} | {r.get('steps')} | {head} | {trained[head]:.4f} | {base} "
-                     f"| {baseline_kind} | {others} |")
+        gain = ""
+        if baseline is not None:  # better than the baseline by: points of accuracy, or bits per character saved
+            delta = baseline - trained[head] if head == "val_bits_per_char" else 100 * (trained[head] - baseline)
+            gain = f"{delta:+.2f} {'bits' if head == 'val_bits_per_char' else 'points'}"
+        batch = f", batch {r['batch_size']}" if r.get("batch_size") else ""
+        lines.append(f"| {r['method']} | {r['data']} | {r.get('steps')}{batch} | {head} | {trained[head]:.4f} | "
+                     f"{base} | {baseline_kind} | {gain} | {others} |")
     return "\n".join(lines) + "\n"
 
 
