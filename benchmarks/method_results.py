@@ -1,7 +1,7 @@
 """Issue 6's results table: every registered method pretrained for a fixed budget, then judged by its metric next
 to the random-initialisation (or unigram) baseline on the same data.
 
-    python benchmarks/method_results.py --budget-minutes 2 --out runs/method_results
+    python benchmarks/method_results.py --budget-minutes 5 --linear --train-limit 10000 --test-limit 2000 --out runs/method_results
     python benchmarks/method_results.py --methods simclr mae gpt --device cuda --budget-minutes 8
 
 Per method, through the public CLI (what a user runs):
