@@ -79,6 +79,11 @@ def random_init(name: str, out: Path, py: list[str], common: list[str], eval_arg
     return metrics(text)
 
 
+def pretrain_arguments(args, batch_size) -> list[str]:
+    common = ["--device", args.device, "--seed", str(args.seed), "--no-progress"]
+    return common + (["--batch-size", str(batch_size)] if batch_size else [])
+
+
 def eval_arguments(args) -> list[str]:
     eval_args = ["--device", args.device] + ([] if args.linear else ["--no-linear"])
     for flag, value in (("--train-limit", args.train_limit), ("--test-limit", args.test_limit)):
@@ -130,11 +135,9 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         rows = json.loads(args.baselines_for.read_text())
         for row in rows:
-            common = ["--device", args.device, "--seed", str(args.seed), "--no-progress"]
-            if row.get("batch_size"):
-                common += ["--batch-size", str(row["batch_size"])]
-            row["random_init"] = random_init(row["method"], args.out, [sys.executable, "-m", "fastssl"], common,
-                                             eval_arguments(args), args.out / "log.txt")
+            row["random_init"] = random_init(row["method"], args.out, [sys.executable, "-m", "fastssl"],
+                                             pretrain_arguments(args, row.get("batch_size")), eval_arguments(args),
+                                             args.out / "log.txt")
             print(f"{row['method']}: random init {row['random_init']}", flush=True)
             (args.out / "results.json").write_text(json.dumps(rows, indent=1))
         (args.out / "results.md").write_text(markdown(rows, args))
@@ -148,9 +151,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "log.txt"
     py = [sys.executable, "-m", "fastssl"]
-    common = ["--device", args.device, "--seed", str(args.seed), "--no-progress"]
-    if args.batch_size:
-        common += ["--batch-size", str(args.batch_size)]
+    common = pretrain_arguments(args, args.batch_size)
     eval_args = eval_arguments(args)
     budget_s = args.budget_minutes * 60
     rows, baselines = [], {}

@@ -490,6 +490,8 @@ def _row_scales(q, k, normalize):
 
 
 def _launch(kernel, grid_rows, x, *args, **constexprs):
+    """One program per block of rows (per block of columns for the dk kernel), with the backward's tiles unless
+    the kernel is the forward's."""
     block_d, block_m, block_n, num_stages = _config(kernel is _info_nce_fwd_kernel, x.shape[1], x.dtype)
     block = block_n if kernel is _info_nce_bwd_dk_kernel else block_m
     kernel[(triton.cdiv(grid_rows, block),)](
@@ -631,13 +633,8 @@ def nt_xent_backward(z, scale, lse, coef, normalize=False):
         dz = torch.empty_like(z)
         dscale_rows = torch.empty(two_n, dtype=torch.float32, device=z.device)
         rz, _ = _row_scales(z, z, normalize)
-        block_d, block_m, block_n, num_stages = _config(False, d, z.dtype)
-        _nt_xent_bwd_sym_kernel[(triton.cdiv(two_n, block_m),)](
-            z, rz, scale, coef, lse, dz, dscale_rows, two_n, d, two_n // 2,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, NORMALIZE=normalize,
-            DOT_PRECISION=_dot_precision(z.dtype), UPCAST_DOT=_INTERPRETED,
-            num_warps=_NUM_WARPS, num_stages=num_stages,
-        )
+        _launch(_nt_xent_bwd_sym_kernel, two_n, z, z, rz, scale, coef, lse, dz, dscale_rows, two_n, d, two_n // 2,
+                NORMALIZE=normalize)
         return dz, dscale_rows.sum() * coef
     pos, exclude = nt_xent_pairs(z.shape[0], z.device)
     dq, dk, dscale = info_nce_backward(z, z, scale, pos, exclude, lse, coef, normalize)

@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -40,3 +41,22 @@ def assert_error_within(name, out, ref64, ref_same, atol, factor=2.0):
     assert err <= factor * ref_err + atol, (
         f"{name}: error {err:.3g} vs float64 > {factor} x reference error {ref_err:.3g} + atol {atol:.1g}"
     )
+
+
+def run_without_host_sync(fn):
+    """``fn()`` once (it compiles its kernels), then again with every synchronising CUDA call raising
+    (``torch.cuda.set_sync_debug_mode("error")``): a training step must not drain the GPU's queue. Returns the
+    second call's result."""
+    fn()
+    with host_sync_forbidden():
+        return fn()
+
+
+@contextlib.contextmanager
+def host_sync_forbidden():
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

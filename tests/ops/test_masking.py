@@ -23,7 +23,8 @@ from fastssl.ops import (
     unshuffle_with_mask_token,
     unshuffle_with_mask_token_reference,
 )
-from tests.conftest import assert_error_within, fused_backends, require_cpp
+from tests.conftest import (assert_error_within, fused_backends, host_sync_forbidden, require_cpp,
+                            run_without_host_sync)
 
 PATCH_FUSED = fused_backends("cpu", op="patchify_gather")
 TOKEN_FUSED = fused_backends("cpu", op="gather_tokens")
@@ -607,22 +608,16 @@ def test_unchecked_gathers_never_make_the_host_wait():
     generator = torch.Generator(device="cuda").manual_seed(0)
     images = torch.randn(16, 3, 32, 32, device="cuda", generator=generator, requires_grad=True)
     token = torch.randn(48, device="cuda", requires_grad=True)
-    for attempt in range(2):  # the first call compiles the kernels
-        if attempt:
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            ids_keep, _, ids_restore = random_masking(16, 64, 0.75, generator=generator)
-            visible = patchify_gather(images, 4, ids_keep, backend="triton", check_range=False)
-            kept = gather_tokens(visible, ids_keep[:, :8] % 16, backend="triton", check_range=False)
-            decoded = unshuffle_with_mask_token(visible, token, ids_restore, backend="triton", check_range=False)
-            (decoded.sum() + kept.sum()).backward()
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        with pytest.raises(RuntimeError, match="synchroniz"):
-            patchify_gather(images, 4, ids_keep, backend="triton")
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+
+    def step():
+        ids_keep, _, ids_restore = random_masking(16, 64, 0.75, generator=generator)
+        visible = patchify_gather(images, 4, ids_keep, backend="triton", check_range=False)
+        kept = gather_tokens(visible, ids_keep[:, :8] % 16, backend="triton", check_range=False)
+        decoded = unshuffle_with_mask_token(visible, token, ids_restore, backend="triton", check_range=False)
+        (decoded.sum() + kept.sum()).backward()
+        return ids_keep
+
+    ids_keep = run_without_host_sync(step)
+    with host_sync_forbidden(), pytest.raises(RuntimeError, match="synchroniz"):
+        patchify_gather(images, 4, ids_keep, backend="triton")
     assert torch.isfinite(images.grad).all().item()
