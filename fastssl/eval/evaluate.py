@@ -45,8 +45,9 @@ def load_method(state: dict) -> torch.nn.Module:
     if cls.data_kind == "text":
         method = cls.build_text(CharTokenizer(state["tokenizer_chars"]), spec["kwargs"], method_args)
     else:
+        # checkpoints from before the small-image recipes were built with the methods' ImageNet options
         method = cls.build(spec["name"], spec["kwargs"], method_args, in_channels=state["image_shape"][-1],
-                           image_size=state["view_size"])
+                           image_size=state["view_size"], small=state.get("small_images", False))
     method.load_state_dict(state["method_state"])
     return method.eval()
 

@@ -66,6 +66,11 @@ class Method(nn.Module):
     global_batchnorm: ClassVar[bool] = True  # normalise over the global batch in multi-process runs
     defaults: ClassVar[dict[str, Any]] = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6}
     options: ClassVar[dict[str, Any]] = {}  # the method's own hyper-parameters (method_args) and defaults
+    # The method's recipe for images of 64 px or less (CIFAR-10, MNIST), where the paper's is an ImageNet recipe:
+    # entries that replace those of `defaults` (optimizer, lr, weight_decay, lars_eta, lars_clip, ...) and of
+    # `options`. Like small_preset, chosen by the data's image size; the config and --method-arg override both.
+    small_defaults: ClassVar[dict[str, Any]] = {}
+    small_options: ClassVar[dict[str, Any]] = {}
     data_kind: ClassVar[str] = "image"  # one of DATA_KINDS: what the engine feeds forward (module docstring)
     default_data: ClassVar[str] = "cifar10"  # the data of `fastssl pretrain --method NAME` without --data
     num_views: ClassVar[Optional[int]] = None  # the view pipeline's first views that forward uses; None: all
@@ -81,14 +86,30 @@ class Method(nn.Module):
         self.distributed = distributed
 
     @classmethod
+    def recipe(cls, small: bool) -> dict[str, Any]:
+        """The optimizer defaults (optimizer, lr, weight_decay, ...): ``defaults``, updated with ``small_defaults``
+        for images of 64 px or less."""
+        return {**cls.defaults, **(cls.small_defaults if small else {})}
+
+    @classmethod
+    def method_options(cls, small: bool) -> dict[str, Any]:
+        """The method's hyper-parameters before --method-arg: ``options``, updated with ``small_options`` for
+        images of 64 px or less."""
+        return {**cls.options, **(cls.small_options if small else {})}
+
+    @classmethod
     def build(cls, backbone: str | None, backbone_args: dict, method_args: dict, in_channels: int,
-              image_size: Sequence[int], loss_backend: str = "auto", distributed: bool = False) -> "Method":
+              image_size: Sequence[int], loss_backend: str = "auto", distributed: bool = False,
+              small: Optional[bool] = None) -> "Method":
+        """``small``: whether the data's images are of 64 px or less (the small recipe); None: judged from the
+        views' ``image_size``."""
         cls.check_method_args(method_args)
         name = backbone or cls.default_backbone
         kwargs = backbone_kwargs(name, backbone_args, in_channels, image_size)
         net = build_backbone(name, **kwargs)
+        small = max(image_size) <= 64 if small is None else small
         return cls(net, {"name": name, "kwargs": kwargs}, loss_backend=loss_backend, distributed=distributed,
-                   **{**cls.options, **method_args})
+                   **{**cls.method_options(small), **method_args})
 
     @classmethod
     def check_method_args(cls, method_args: dict) -> None:

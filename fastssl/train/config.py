@@ -42,6 +42,10 @@ class TrainConfig:
     weight_decay: Optional[float] = None
     weight_decay_end: Optional[float] = None  # cosine weight-decay schedule end (DINO); None: constant
     momentum: float = 0.9
+    # LARS's trust coefficient and LARC clipping (fastssl.train.optim.LARS); None: the method's (0.001 without
+    # clipping, SimCLR's and BYOL's; solo-learn's CIFAR recipes use 0.02 with clipping)
+    lars_eta: Optional[float] = None
+    lars_clip: Optional[bool] = None
     warmup_fraction: float = 0.05  # linear lr warm-up over this fraction of the run (SimCLR: 10 of 100+ epochs)
     min_lr_fraction: float = 0.0  # the cosine schedule ends at min_lr_fraction * lr
     grad_accum: int = 1  # micro-batches per optimizer step (the batch is split; negatives stay per micro-batch)

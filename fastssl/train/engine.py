@@ -180,6 +180,7 @@ class Trainer:
         from fastssl.data import load_text_dataset
 
         cfg = self.cfg
+        self.small_images = False
         if cfg.backbone is not None:
             raise ValueError(f"backbone: {cfg.method} is a text method on fastssl.models.TextTransformer; size it "
                              f"with backbone_args (dim, depth, num_heads, ...) instead of backbone={cfg.backbone!r}")
@@ -207,6 +208,7 @@ class Trainer:
         height, width, channels = dataset_image_shape(self.dataset)
         self.image_shape = (height, width, channels)
         small = max(height, width) <= 64
+        self.small_images = small
         preset = cfg.views or (self.method_cls.small_preset if small else self.method_cls.preset)
         view_args = dict(cfg.view_args)
         if small and "size" not in view_args:
@@ -226,7 +228,7 @@ class Trainer:
         self.method: nn.Module = self.method_cls.build(
             backbone=backbone, backbone_args=backbone_args, method_args=cfg.method_args,
             in_channels=channels, image_size=view_size, loss_backend=cfg.loss_backend,
-            distributed=dist_info.world > 1)
+            distributed=dist_info.world > 1, small=small)
         device = dist_info.device
         if dist_info.world > 1 and self.method_cls.global_batchnorm:
             from fastssl.nn.batchnorm import convert_global_batchnorm
@@ -250,7 +252,7 @@ class Trainer:
         """Optimizer, lr and weight-decay schedules, mixed precision, the data order and the step horizon."""
         cfg = self.cfg
         device = dist_info.device
-        defaults = self.method_cls.defaults
+        defaults = self.method_cls.recipe(self.small_images)
         self.optimizer_name = cfg.optimizer or defaults["optimizer"]
         scaling = cfg.batch_size / 256
         if defaults.get("lr_scaling", "linear") == "sqrt":
@@ -262,7 +264,10 @@ class Trainer:
         self.weight_decay_end = cfg.weight_decay_end if cfg.weight_decay_end is not None else self.weight_decay
         self.clip_grad = cfg.clip_grad if cfg.clip_grad is not None else defaults.get("clip_grad")
         groups = parameter_groups([self.method], self.weight_decay)
-        self.optimizer = build_optimizer(self.optimizer_name, groups, self.base_lr, cfg.momentum)
+        self.lars_eta = cfg.lars_eta if cfg.lars_eta is not None else defaults.get("lars_eta", 0.001)
+        self.lars_clip = cfg.lars_clip if cfg.lars_clip is not None else defaults.get("lars_clip", False)
+        self.optimizer = build_optimizer(self.optimizer_name, groups, self.base_lr, cfg.momentum,
+                                         lars_eta=self.lars_eta, lars_clip=self.lars_clip)
         amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
@@ -272,6 +277,11 @@ class Trainer:
         self.horizon = min(planned, cfg.max_steps) if cfg.max_steps is not None else planned
         self.horizon_fixed = cfg.budget_minutes is None
         self.budget_plan: Optional[BudgetPlan] = None
+
+    def _lars_note(self) -> str:
+        if self.optimizer_name != "lars":
+            return ""
+        return f" (eta {self.lars_eta:g}{', LARC-clipped' if self.lars_clip else ''})"
 
     def _state(self, step: int) -> dict[str, Any]:
         state = {
@@ -283,8 +293,9 @@ class Trainer:
             "rng": ckpt.rng_states(), "world": self.dist.world, "torch": torch.__version__,
         }
         if self.pipeline is not None:
+            # small_images: the method was built with its recipe for images of 64 px or less (Method.small_options)
             state.update(view_size=self.pipeline.views[0].output_size(), image_shape=self.image_shape,
-                         mean=self.pipeline.mean, std=self.pipeline.std)
+                         mean=self.pipeline.mean, std=self.pipeline.std, small_images=self.small_images)
         else:  # the vocabulary, so that evaluation and sampling need no corpus to rebuild the tokenizer
             state["tokenizer_chars"] = "".join(self.dataset.tokenizer.chars)
         return state
@@ -451,7 +462,7 @@ class Trainer:
             inputs = f"windows of {self.window} tokens"
         self._print(f"fastssl pretrain: {cfg.method} on {cfg.data} ({data}), {self.method.backbone_spec()['name']}, "
                     f"batch {cfg.batch_size} on {self.dist.world} x {self.dist.device}, {self.optimizer_name} "
-                    f"lr {self.base_lr:.3g}, {inputs}, steps {start} -> {self.horizon}")
+                    f"lr {self.base_lr:.3g}{self._lars_note()}, {inputs}, steps {start} -> {self.horizon}")
         model = self.method
         if self.dist.world > 1:
             model = nn.parallel.DistributedDataParallel(

@@ -12,12 +12,21 @@ from torch import nn
 class LARS(torch.optim.Optimizer):
     """LARS (You et al., 2017) as SimCLR and BYOL use it: SGD with momentum whose step for each weight tensor is
     scaled by the trust ratio ``eta * ||w|| / ||g + wd * w||``. Parameter groups with ``lars=False`` (biases and
-    normalisation parameters, by the papers' convention) take plain SGD steps without weight decay scaling."""
+    normalisation parameters, by the papers' convention) take plain SGD steps without weight decay scaling.
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+    ``clip=True`` is LARC's clipping (NVIDIA apex; solo-learn's CIFAR recipes, with ``eta=0.02``): the local lr is
+    ``min(eta * ||w|| / ||g + wd * w||, lr)``, so a tensor moves by at most ``eta * ||w||`` a step, and by plain SGD's
+    step where that is smaller. Without it the lr multiplies the trust ratio (SimCLR's and BYOL's LARS, eta 0.001):
+    every tensor moves by ``lr * eta * ||w||`` a step."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001,
+                 clip: bool = False):
         if lr < 0:
             raise ValueError(f"lr: must be >= 0, got {lr}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
+        if not eta > 0:
+            raise ValueError(f"lars_eta: the trust coefficient must be > 0, got {eta!r}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True,
+                                      clip=bool(clip)))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -33,6 +42,9 @@ class LARS(torch.optim.Optimizer):
                     w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
                     trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
                                         torch.ones_like(w_norm))
+                    if group.get("clip", False) and group["lr"] > 0:
+                        # the local lr min(trust, lr), applied below as lr * min(trust / lr, 1)
+                        trust = torch.clamp(trust / group["lr"], max=1.0)
                     grad = grad.mul(trust)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -58,9 +70,11 @@ def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[
             dict(params=no_decay, weight_decay=0.0, lars=False, decay=False)]
 
 
-def build_optimizer(name: str, groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+def build_optimizer(name: str, groups: list[dict], lr: float, momentum: float, lars_eta: float = 0.001,
+                    lars_clip: bool = False) -> torch.optim.Optimizer:
+    """``lars_eta`` and ``lars_clip`` are LARS's trust coefficient and LARC clipping (see :class:`LARS`)."""
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum)
+        return LARS(groups, lr=lr, momentum=momentum, eta=lars_eta, clip=lars_clip)
     plain = [{k: v for k, v in g.items() if k != "lars"} for g in groups]
     if name == "sgd":
         return torch.optim.SGD(plain, lr=lr, momentum=momentum)

@@ -235,3 +235,31 @@ def test_budget_run_ends_its_schedule_at_the_budget(cifar_slice, tmp_path):
     # The schedule's end is within a few steps of where the budget stopped the run.
     assert abs(state["horizon"] - summary["step"]) <= max(3, 0.15 * summary["step"]), (state["horizon"], summary)
     assert 12 <= summary["seconds"] <= 15 + 10
+
+
+def test_small_images_take_the_methods_small_recipe(tmp_path):
+    """Images of 64 px or less get the method's small recipe (MoCo v2: lr, EMA momentum and queue size), larger
+    ones the paper's, whatever the view size; the checkpoint records which, so evaluation rebuilds the same
+    model (the queue's size differs)."""
+    import numpy as np
+
+    from fastssl.eval.evaluate import load_method
+
+    cls = METHODS["moco_v2"]
+    assert cls.recipe(True) != cls.recipe(False) and cls.method_options(True) != cls.method_options(False)
+    rng = np.random.default_rng(0)
+    for px, small in ((32, True), (80, False)):
+        data = tmp_path / f"images{px}.npz"
+        np.savez(data, x=rng.integers(0, 256, (16, px, px, 3), dtype=np.uint8), y=np.arange(16) % 2)
+        cfg = _config(data, tmp_path / f"out{px}", "moco_v2", method_args={}, max_steps=0, batch_size=8,
+                      view_args={"size": 32})
+        trainer = Trainer(cfg)
+        trainer.run()
+        options = cls.method_options(small)
+        assert trainer.base_lr == pytest.approx(cls.recipe(small)["lr"] * 8 / 256)
+        assert trainer.method.momentum == options["momentum"]
+        assert trainer.method.criterion.queue.shape[0] == options["queue_size"]
+        state = load_checkpoint(tmp_path / f"out{px}" / "last.pt")
+        assert state["small_images"] is small
+        rebuilt = load_method(state)  # the 32 px views alone would have suggested the small recipe for both
+        assert rebuilt.criterion.queue.shape[0] == options["queue_size"]

@@ -1,0 +1,48 @@
+"""LARS against its closed form: the first step (no momentum history yet) of one weight tensor."""
+
+import pytest
+import torch
+
+from fastssl.train.optim import LARS, build_optimizer
+
+
+def _first_step(lr: float, eta: float, clip: bool, weight_decay: float = 0.0):
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(17, 5, generator=generator, dtype=torch.float64)
+    g = torch.randn(17, 5, generator=generator, dtype=torch.float64) * 0.3
+    p = torch.nn.Parameter(w.clone())
+    p.grad = g.clone()
+    optimizer = LARS([dict(params=[p], weight_decay=weight_decay, lars=True)], lr=lr, eta=eta, clip=clip)
+    optimizer.step()
+    update = g + weight_decay * w
+    trust = eta * w.norm() / update.norm()
+    return w, update, trust, p.detach()
+
+
+def test_lars_scales_the_lr_by_the_trust_ratio():
+    w, update, trust, stepped = _first_step(lr=0.7, eta=0.001, clip=False, weight_decay=1e-4)
+    torch.testing.assert_close(stepped, w - 0.7 * trust * update, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("lr", [5.0, 1e-4])
+def test_larc_clipping_takes_the_smaller_of_trust_ratio_and_lr(lr):
+    w, update, trust, stepped = _first_step(lr=lr, eta=0.02, clip=True)
+    local_lr = min(float(trust), lr)
+    # the two cases differ: a large lr is capped at the trust ratio, a small one is plain SGD's step
+    assert (local_lr < lr) == (lr == 5.0)
+    torch.testing.assert_close(stepped, w - local_lr * update, rtol=1e-12, atol=1e-12)
+    # with clipping every tensor moves by at most eta * ||w||
+    assert float((stepped - w).norm()) <= 0.02 * float(w.norm()) * (1 + 1e-12)
+
+
+def test_lars_groups_without_lars_take_plain_sgd_steps():
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    p.grad = torch.full((3,), 2.0, dtype=torch.float64)
+    LARS([dict(params=[p], weight_decay=0.0, lars=False)], lr=0.1, eta=0.02, clip=True).step()
+    torch.testing.assert_close(p.detach(), torch.full((3,), 0.8, dtype=torch.float64))
+
+
+def test_bad_trust_coefficient_is_named():
+    p = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match="lars_eta"):
+        build_optimizer("lars", [dict(params=[p], weight_decay=0.0, lars=True)], 0.1, 0.9, lars_eta=0.0)
