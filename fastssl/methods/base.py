@@ -71,6 +71,8 @@ class Method(nn.Module):
     # `options`. Like small_preset, chosen by the data's image size; the config and --method-arg override both.
     small_defaults: ClassVar[dict[str, Any]] = {}
     small_options: ClassVar[dict[str, Any]] = {}
+    # ... and the default backbone's keyword arguments for such images (under --backbone-arg), e.g. a ViT patch size
+    small_backbone_args: ClassVar[dict[str, Any]] = {}
     data_kind: ClassVar[str] = "image"  # one of DATA_KINDS: what the engine feeds forward (module docstring)
     default_data: ClassVar[str] = "cifar10"  # the data of `fastssl pretrain --method NAME` without --data
     num_views: ClassVar[Optional[int]] = None  # the view pipeline's first views that forward uses; None: all
@@ -104,10 +106,12 @@ class Method(nn.Module):
         """``small``: whether the data's images are of 64 px or less (the small recipe); None: judged from the
         views' ``image_size``."""
         cls.check_method_args(method_args)
+        small = max(image_size) <= 64 if small is None else small
         name = backbone or cls.default_backbone
+        if small and name == cls.default_backbone:
+            backbone_args = {**cls.small_backbone_args, **backbone_args}
         kwargs = backbone_kwargs(name, backbone_args, in_channels, image_size)
         net = build_backbone(name, **kwargs)
-        small = max(image_size) <= 64 if small is None else small
         return cls(net, {"name": name, "kwargs": kwargs}, loss_backend=loss_backend, distributed=distributed,
                    **{**cls.method_options(small), **method_args})
 

@@ -278,10 +278,15 @@ class Trainer:
         self.horizon_fixed = cfg.budget_minutes is None
         self.budget_plan: Optional[BudgetPlan] = None
 
-    def _lars_note(self) -> str:
-        if self.optimizer_name != "lars":
-            return ""
-        return f" (eta {self.lars_eta:g}{', LARC-clipped' if self.lars_clip else ''})"
+    def _recipe_note(self) -> str:
+        """What the start-of-run line says of the optimizer beyond its name and lr: LARS's settings, and whether
+        the method's small-image recipe (Method.small_defaults and friends) is in force."""
+        cls = self.method_cls
+        note = f" (eta {self.lars_eta:g}{', LARC-clipped' if self.lars_clip else ''})" \
+            if self.optimizer_name == "lars" else ""
+        if self.small_images and (cls.small_defaults or cls.small_options or cls.small_backbone_args):
+            note += f", {cls.name}'s small-image recipe"
+        return note
 
     def _state(self, step: int) -> dict[str, Any]:
         state = {
@@ -462,7 +467,7 @@ class Trainer:
             inputs = f"windows of {self.window} tokens"
         self._print(f"fastssl pretrain: {cfg.method} on {cfg.data} ({data}), {self.method.backbone_spec()['name']}, "
                     f"batch {cfg.batch_size} on {self.dist.world} x {self.dist.device}, {self.optimizer_name} "
-                    f"lr {self.base_lr:.3g}{self._lars_note()}, {inputs}, steps {start} -> {self.horizon}")
+                    f"lr {self.base_lr:.3g}{self._recipe_note()}, {inputs}, steps {start} -> {self.horizon}")
         model = self.method
         if self.dist.world > 1:
             model = nn.parallel.DistributedDataParallel(

@@ -80,12 +80,16 @@ def test_gradients_skip_the_momentum_encoder_and_the_patch_embedding(cifar_small
 
 
 def test_cpu_default_backbone_is_a_quarter_width_vit_small():
-    """What `fastssl pretrain --method moco_v3` builds on a CPU for CIFAR-10: ViT-S, patch 4, width 0.25."""
-    method = METHODS["moco_v3"].build(None, {"width": 0.25}, {"proj_hidden_dim": 64, "pred_hidden_dim": 64}, 3,
-                                      (32, 32))
+    """What `fastssl pretrain --method moco_v3` builds on a CPU for CIFAR-10: ViT-S, width 0.25, with the small
+    recipe's 8 x 8 patches and 1024-wide heads; larger images keep the paper's patch 16 and 4096-wide heads."""
+    method = METHODS["moco_v3"].build(None, {"width": 0.25}, {}, 3, (32, 32))
     assert method.backbone_spec()["name"] == "vit_small"
-    assert method.backbone.num_features == 96 and method.backbone.patch_size == 4
+    assert method.backbone.num_features == 96 and method.backbone.patch_size == 8
+    assert method.projector[0].out_features == 1024 and method.predictor[0].out_features == 1024
     assert method.temperature == 0.2 and method.momentum_base == 0.99
+    assert METHODS["moco_v3"].build(None, {"width": 0.25, "patch_size": 4}, {}, 3, (32, 32)).backbone.patch_size == 4
+    large = METHODS["moco_v3"].build(None, {"width": 0.25}, {}, 3, (224, 224))
+    assert large.backbone.patch_size == 16 and large.projector[0].out_features == 4096
 
 
 def test_bad_options_are_named():

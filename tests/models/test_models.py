@@ -30,7 +30,7 @@ from fastssl.models import (
     vit_small,
     vit_tiny,
 )
-from fastssl.models.resnet import BasicBlock, Bottleneck
+from fastssl.models.resnet import BasicBlock, Bottleneck, SubsampledPointwiseConv
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +81,47 @@ def test_resnet_parameter_counts_match_the_papers():
     # torchvision's resnet18 / resnet50 without their fc layer.
     assert sum(p.numel() for p in resnet18().parameters()) == 11_176_512
     assert sum(p.numel() for p in resnet50().parameters()) == 23_508_032
+
+
+@pytest.mark.parametrize("stride,size", [(2, 32), (2, 17), (1, 9)])
+def test_subsampled_pointwise_conv_equals_the_strided_conv(stride, size):
+    """The shortcut's 1x1 conv of the subsampled input is nn.Conv2d(in, out, 1, stride): outputs and gradients
+    (float64, odd sizes, channels_last)."""
+    torch.manual_seed(0)
+    ours = SubsampledPointwiseConv(8, 16, stride).double()
+    plain = nn.Conv2d(8, 16, 1, stride, bias=False).double()
+    plain.weight.data.copy_(ours.weight.data)
+    x = torch.randn(3, 8, size, size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = ours(x1), plain(x2)
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(ours.weight.grad, plain.weight.grad)
+
+
+def test_resnet_trains_channels_last_on_odd_batches():
+    """torch 2.13.0's CPU build crashed (SIGSEGV) in the backward of the width-0.125 ResNet-18's first projection
+    shortcut (channels_last, 32 x 32, odd batch, two threads) before the shortcut subsampled its input; a
+    fine-tuning epoch's last batch is often odd. A fresh interpreter: the crash did not reproduce inside this
+    test process."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from fastssl.models import resnet18\n"
+        "torch.set_num_threads(2)\n"
+        "torch.manual_seed(0)\n"
+        "net = resnet18(cifar_stem=True, width=0.125).to(memory_format=torch.channels_last)\n"
+        "for batch in (3, 5, 7):\n"
+        "    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)\n"
+        "    net(x).square().sum().backward()\n"
+        "print('trained', all(bool(torch.isfinite(p.grad).all()) for p in net.parameters()))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "trained True" in done.stdout, (done.returncode, done.stderr[-2000:])
 
 
 def test_resnet_one_channel_and_zero_init_residual():
