@@ -46,7 +46,9 @@ def test_config_yaml_round_trip(tmp_path):
 def test_loss_is_finite_and_decreases(method, cifar_slice, tmp_path):
     """A few steps on real CIFAR-10 images: the loss goes down. (MoCo's queue of 32 holds real keys from step 2 on;
     its first loss, against the random initial queue, is not comparable.)"""
-    lr = {"simclr": 8.0, "byol": 8.0, "moco_v2": 0.5}[method]  # LARS steps are lr * 0.001 * ||w||: small batch
+    # batch 32 scales the lr by 1/8: SimCLR's LARS steps are lr * 0.001 * ||w||, BYOL's small recipe (LARC) takes
+    # min(0.02 * ||w|| / ||g||, lr) per tensor
+    lr = {"simclr": 8.0, "byol": 8.0, "moco_v2": 0.5}[method]
     cfg = _config(cifar_slice, tmp_path, method, max_steps=16, lr=lr, warmup_fraction=0.0)
     summary = Trainer(cfg).run()
     assert summary["step"] == 16
