@@ -13,9 +13,10 @@ temperature 0.2, EMA momentum 0.999.
 Small recipe (images of 64 px or less, e.g. CIFAR-10; ``--method-arg`` and ``--lr`` override it): lr 0.06, EMA
 momentum 0.99 and a queue of 4,096 keys. A CPU budget is a few hundred steps: at 0.999 the key encoder has
 moved a fifth of the way from its random initialisation after 200 steps, and a 65,536-key queue holds keys from
-256 steps back. Measured on the 2-core CPU (5-minute budget, one thread, ResNet-18 at width 0.25, kNN on
-10,000 / 2,000 CIFAR-10 images; random init 0.2935): the paper's recipe 0.3100 (211 steps), solo-learn's CIFAR
-recipe (lr 0.3, momentum 0.99, queue 32,768, 2048-256 head) 0.2510, this recipe 0.3825 (286 steps).
+256 steps back. Measured on the 2-core CPU (5-minute budget, ResNet-18 at width 0.25, kNN on 10,000 / 2,000
+CIFAR-10 images; random init 0.2935), 2026-12-07: this recipe 0.4110 (498 steps), the paper's 0.3370 (360 steps).
+One-thread pilots: solo-learn's CIFAR recipe (lr 0.3, momentum 0.99, queue 32,768, 2048-256 head) 0.2510, this
+recipe 0.3825 (286 steps).
 """
 
 from __future__ import annotations

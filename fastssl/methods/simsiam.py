@@ -12,9 +12,9 @@ cosine decay, batch 512; MoCo v2's augmentation (the "cifar" views for images of
 the predictor's lr fixed (no decay); fastssl decays every parameter group alike.
 
 Small recipe (images of 64 px or less): SGD lr 1.0, weight decay 1e-5 (solo-learn's CIFAR recipe has lr 0.5).
-Measured on the 2-core CPU (5-minute budget at one thread, ResNet-18 at width 0.25, kNN on 10,000 / 2,000
-CIFAR-10 images; random init 0.2935): the paper's recipe 0.2285 (168 steps, the 5-minute table of 2026-11-28, two
-threads), lr 0.5 0.2980 (174 steps), lr 1.0 0.3190 (156 steps), lr 2.0 0.2810 (153 steps).
+Measured on the 2-core CPU (5-minute budget, ResNet-18 at width 0.25, kNN on 10,000 / 2,000 CIFAR-10 images;
+random init 0.2935), 2026-12-07: this recipe 0.3065 (259 steps), the paper's 0.2500 (278 steps); one-thread
+pilots: lr 0.5 0.2980 (174 steps), lr 1.0 0.3190 (156 steps), lr 2.0 0.2810 (153 steps).
 """
 
 from __future__ import annotations
