@@ -4,7 +4,8 @@ Each rank reads its half of every global batch, draws the augmentation parameter
 slice, normalises with BatchNorm statistics of the global batch (GlobalBatchNorm, as SyncBatchNorm does on GPUs),
 and computes the contrastive loss against every rank's negatives; DDP averages the gradients. After one large SGD
 step (weights move by up to ~0.2) the weights and BN statistics must match the single-process run up to float32
-reassociation (measured: <= 2e-6). A second step is not compared: on this tiny network it amplifies reassociation
+reassociation (measured: <= 2e-6 on the 2026-11 machine, <= 8e-6 on the AVX-512 one of 2026-12-07, where
+GlobalBatchNorm's former one-pass variance differed by up to 1.1e-3). A second step is not compared: on this tiny network it amplifies reassociation
 noise to ~1e-4 even between two single-process runs with 1 and 2 threads. Both runs use the contiguous layout: the
 early-layer float32 gradients of this BN ResNet carry ~4e-3 relative error against float64 in either layout
 (measured), and channels_last picks other convolution kernels for each batch size, so only runs on the same
