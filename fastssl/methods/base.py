@@ -170,6 +170,11 @@ class Method(nn.Module):
     def loss(self, outputs) -> torch.Tensor:
         raise NotImplementedError
 
+    def fixed_lr_modules(self) -> list[nn.Module]:
+        """Modules whose lr stays at the base lr instead of following the warm-up and cosine schedule (SimSiam's
+        predictor); none by default."""
+        return []
+
     def after_step(self, step: int, horizon: int) -> None:
         """Called after each optimizer step with the number of steps done."""
 

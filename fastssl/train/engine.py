@@ -263,7 +263,7 @@ class Trainer:
         self.weight_decay = cfg.weight_decay if cfg.weight_decay is not None else defaults["weight_decay"]
         self.weight_decay_end = cfg.weight_decay_end if cfg.weight_decay_end is not None else self.weight_decay
         self.clip_grad = cfg.clip_grad if cfg.clip_grad is not None else defaults.get("clip_grad")
-        groups = parameter_groups([self.method], self.weight_decay)
+        groups = parameter_groups([self.method], self.weight_decay, fixed_lr=self.method.fixed_lr_modules())
         self.lars_eta = cfg.lars_eta if cfg.lars_eta is not None else defaults.get("lars_eta", 0.001)
         self.lars_clip = cfg.lars_clip if cfg.lars_clip is not None else defaults.get("lars_clip", False)
         self.optimizer = build_optimizer(self.optimizer_name, groups, self.base_lr, cfg.momentum,
@@ -399,7 +399,7 @@ class Trainer:
         lr = cosine_schedule(step, self.horizon, self.base_lr, self.base_lr * cfg.min_lr_fraction,
                              warmup=int(cfg.warmup_fraction * self.horizon))
         wd = cosine_schedule(step, self.horizon, self.weight_decay, self.weight_decay_end)
-        set_hyperparameters(self.optimizer, lr, wd)
+        set_hyperparameters(self.optimizer, lr, wd, base_lr=self.base_lr)
         total = torch.zeros((), device=device)
         autocast = (torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else nullcontext())

@@ -55,19 +55,33 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict]:
+def parameter_groups(modules: Iterable[nn.Module], weight_decay: float,
+                     fixed_lr: Iterable[nn.Module] = ()) -> list[dict]:
     """Two groups: weights (decayed, LARS-adapted) and biases/normalisation parameters (neither), the convention
-    of SimCLR, BYOL and timm. Parameters that need no gradient (EMA targets) are left out."""
-    decay, no_decay = [], []
+    of SimCLR, BYOL and timm. Parameters that need no gradient (EMA targets) are left out.
+
+    The parameters of the ``fixed_lr`` modules (SimSiam's predictor) form two more groups of the same kinds,
+    marked ``fixed_lr=True``: :func:`set_hyperparameters` holds their lr at the base lr instead of following the
+    schedule. Without them the result is the two groups above."""
+    fixed_ids = {id(p) for module in fixed_lr for p in module.parameters()}
+    groups = {(fixed, decay): [] for fixed in (False, True) for decay in (True, False)}
     seen = set()
     for module in modules:
         for name, p in module.named_parameters():
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay, lars=True, decay=True),
-            dict(params=no_decay, weight_decay=0.0, lars=False, decay=False)]
+            decay = not (p.ndim <= 1 or name.endswith(".bias"))
+            groups[(id(p) in fixed_ids, decay)].append(p)
+    result = []
+    for (fixed, decay), params in groups.items():
+        if fixed and not params:
+            continue
+        group = dict(params=params, weight_decay=weight_decay if decay else 0.0, lars=decay, decay=decay)
+        if fixed:
+            group["fixed_lr"] = True
+        result.append(group)
+    return result
 
 
 def build_optimizer(name: str, groups: list[dict], lr: float, momentum: float, lars_eta: float = 0.001,
@@ -94,9 +108,12 @@ def cosine_schedule(step: int, total: int, base: float, final: float, warmup: in
     return final + (base - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float,
+                        base_lr: float | None = None) -> None:
+    """Every group's lr becomes ``lr`` (the schedule's value), except groups marked ``fixed_lr``, which take
+    ``base_lr``; decayed groups take ``weight_decay``."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = base_lr if group.get("fixed_lr", False) and base_lr is not None else lr
         if group.get("decay", True):
             group["weight_decay"] = weight_decay
 

@@ -25,7 +25,7 @@ SMALL_METHOD_ARGS = {"simclr": {}, "moco_v2": {"queue_size": 32}, "byol": {"proj
 
 
 def _config(data, out, method="simclr", **overrides):
-    values = dict(SMALL, method=method, data=str(data), out=str(out), method_args=SMALL_METHOD_ARGS[method])
+    values = dict(SMALL, method=method, data=str(data), out=str(out), method_args=SMALL_METHOD_ARGS.get(method, {}))
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -265,3 +265,28 @@ def test_small_images_take_the_methods_small_recipe(tmp_path):
         assert state["small_images"] is small
         rebuilt = load_method(state)  # the 32 px views alone would have suggested the small recipe for both
         assert rebuilt.criterion.queue.shape[0] == options["queue_size"]
+
+
+def test_simsiam_predictor_keeps_the_base_lr(tmp_path):
+    """SimSiam's paper keeps the predictor's lr fixed: after the last step of a 2-step cosine schedule the predictor's
+    groups still hold the base lr, the other groups the scheduled lr; fix_pred_lr=False schedules every group."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    data = tmp_path / "images.npz"
+    np.savez(data, x=rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), y=np.arange(24) % 3)
+    for fix in (True, False):
+        cfg = _config(data, tmp_path / f"out{fix}", "simsiam", max_steps=2, batch_size=8,
+                      method_args={"proj_hidden_dim": 64, "proj_dim": 64, "pred_hidden_dim": 16,
+                                   "fix_pred_lr": fix})
+        trainer = Trainer(cfg)
+        trainer.run()
+        predictor = {id(p) for p in trainer.method.predictor.parameters()}
+        groups = trainer.optimizer.param_groups
+        fixed = [g for g in groups if g.get("fixed_lr")]
+        assert bool(fixed) is fix
+        if fix:
+            assert {id(p) for g in fixed for p in g["params"]} == predictor
+            assert all(g["lr"] == trainer.base_lr for g in fixed)
+        scheduled = [g for g in groups if not g.get("fixed_lr")]
+        assert all(g["lr"] < trainer.base_lr for g in scheduled)

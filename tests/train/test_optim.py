@@ -46,3 +46,29 @@ def test_bad_trust_coefficient_is_named():
     p = torch.nn.Parameter(torch.ones(3))
     with pytest.raises(ValueError, match="lars_eta"):
         build_optimizer("lars", [dict(params=[p], weight_decay=0.0, lars=True)], 0.1, 0.9, lars_eta=0.0)
+
+
+def test_fixed_lr_modules_keep_the_base_lr_while_the_rest_follows_the_schedule():
+    from torch import nn
+
+    from fastssl.train.optim import cosine_schedule, parameter_groups, set_hyperparameters
+
+    model = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Linear(7, 3))
+    head = model[2]
+    plain = parameter_groups([model], weight_decay=1e-4)
+    assert len(plain) == 2 and not any(g.get("fixed_lr") for g in plain)
+    groups = parameter_groups([model], weight_decay=1e-4, fixed_lr=[head])
+    fixed = [g for g in groups if g.get("fixed_lr")]
+    assert {id(p) for g in fixed for p in g["params"]} == {id(head.weight), id(head.bias)}
+    # every parameter in exactly one group; decay and LARS only for the weight matrices
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in model.parameters())
+    for g in groups:
+        assert g["decay"] == g["lars"] == all(p.ndim > 1 for p in g["params"])
+    optimizer = build_optimizer("sgd", groups, lr=0.5, momentum=0.9)
+    for step, expect in ((0, 0.1), (7, cosine_schedule(7, 10, 0.5, 0.0, warmup=5))):
+        lr = cosine_schedule(step, 10, 0.5, 0.0, warmup=5)
+        assert lr == pytest.approx(expect) and lr < 0.5
+        set_hyperparameters(optimizer, lr, 3e-4, base_lr=0.5)
+        for g in optimizer.param_groups:
+            assert g["lr"] == (0.5 if g.get("fixed_lr") else lr)
+            assert g["weight_decay"] == (3e-4 if g["decay"] else 0.0)
