@@ -282,6 +282,17 @@ def sample(args: argparse.Namespace, out=None) -> int:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`fastssl info | head`): stop quietly, as other command-line tools do, instead of
+        # a traceback; point stdout at /dev/null so that the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastssl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _pretrain_parser(sub)

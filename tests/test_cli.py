@@ -35,3 +35,16 @@ def test_bench_contrastive_runs_a_small_cpu_case(tmp_path, capsys):
 def test_unknown_command_exits_with_usage():
     with pytest.raises(SystemExit):
         cli.main(["pretrain-everything"])
+
+
+def test_info_into_a_closed_pipe_exits_without_a_traceback():
+    # `fastssl info | head -1`: the reader closes the pipe after one line.
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "fastssl", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"fastssl")
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
