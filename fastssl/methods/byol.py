@@ -12,7 +12,9 @@ Small recipe (images of 64 px or less; solo-learn's CIFAR recipe): LARS with LAR
 0.02, lr 1.0, weight decay 1e-5, tau_base 0.99. Measured on the 2-core CPU (5-minute budget, ResNet-18 at width
 0.25, kNN on 10,000 / 2,000 CIFAR-10 images; random init 0.2935), 2026-12-07: this recipe 0.3030 (171 steps), the
 paper's 0.2820 (180 steps); one-thread pilots: this recipe 0.3245 (112 steps), at lr 2.0 0.2940. Within 5 CPU
-minutes BYOL stays within a few points of its random initialisation either way.
+minutes BYOL stays within a few points of its random initialisation either way. With a 20-minute budget (754
+steps) this recipe reached 0.3100 kNN and a 0.3225 linear probe (random init 0.329): the loss falls to 0.11 within
+150 steps and stays between 0.10 and 0.21, and the features barely move.
 """
 
 from __future__ import annotations

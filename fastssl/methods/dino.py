@@ -37,6 +37,9 @@ spreads the head's outputs over the batch, so the centred teacher is not flat fr
     ... and K = 1024                                         0.3135   (67 steps)
     ... at lr 1.0 (K = 4096)                                 0.2975   (61 steps)
     ... with teacher temperature 0.04 throughout             0.3050   (53 steps)
+
+With a 20-minute budget (443 steps) this recipe reached 0.3340 kNN and a 0.346 linear probe (random init 0.329),
+its loss within 0.03 of log K throughout.
 """
 
 from __future__ import annotations
