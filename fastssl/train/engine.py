@@ -322,7 +322,12 @@ class Trainer:
                 raise ValueError(f"--resume: {path} was written with {key}={saved.get(key)!r}, this run has "
                                  f"{key}={getattr(self.cfg, key)!r}")
         self.method.load_state_dict(state["method_state"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # torch: "loaded state dict has a different number of parameter groups", ...
+            raise ValueError(f"--resume: the optimizer state in {path} does not fit this run's parameter groups "
+                             f"({exc}); was it written with other method options (--method-arg, e.g. simsiam's "
+                             f"fix_pred_lr) or by an older fastssl?") from exc
         self.scaler.load_state_dict(state["scaler"])
         self.horizon, self.horizon_fixed = state["horizon"], state["horizon_fixed"]
         if self.cfg.max_steps is not None:

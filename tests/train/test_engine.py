@@ -290,3 +290,8 @@ def test_simsiam_predictor_keeps_the_base_lr(tmp_path):
             assert all(g["lr"] == trainer.base_lr for g in fixed)
         scheduled = [g for g in groups if not g.get("fixed_lr")]
         assert all(g["lr"] < trainer.base_lr for g in scheduled)
+    # resuming the unfixed run with the predictor fixed changes the optimizer's groups: a clear error, not torch's
+    cfg = _config(data, tmp_path / "outFalse", "simsiam", max_steps=3, batch_size=8, resume=True,
+                  method_args={"proj_hidden_dim": 64, "proj_dim": 64, "pred_hidden_dim": 16, "fix_pred_lr": True})
+    with pytest.raises(ValueError, match="fix_pred_lr"):
+        Trainer(cfg).run()
