@@ -2,6 +2,8 @@
 
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -39,9 +41,6 @@ def test_unknown_command_exits_with_usage():
 
 def test_info_into_a_closed_pipe_exits_without_a_traceback():
     # `fastssl info | head -1`: the reader closes the pipe after one line.
-    import subprocess
-    import sys
-
     proc = subprocess.Popen([sys.executable, "-m", "fastssl", "info"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     assert proc.stdout.readline().startswith(b"fastssl")

@@ -111,9 +111,12 @@ def cosine_schedule(step: int, total: int, base: float, final: float, warmup: in
 def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float,
                         base_lr: float | None = None) -> None:
     """Every group's lr becomes ``lr`` (the schedule's value), except groups marked ``fixed_lr``, which take
-    ``base_lr``; decayed groups take ``weight_decay``."""
+    ``base_lr`` (or keep the lr they were built with when it is None); decayed groups take ``weight_decay``."""
     for group in optimizer.param_groups:
-        group["lr"] = base_lr if group.get("fixed_lr", False) and base_lr is not None else lr
+        if not group.get("fixed_lr", False):
+            group["lr"] = lr
+        elif base_lr is not None:
+            group["lr"] = base_lr
         if group.get("decay", True):
             group["weight_decay"] = weight_decay
 
