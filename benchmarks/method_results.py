@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -81,7 +82,8 @@ def random_init(name: str, out: Path, py: list[str], common: list[str], eval_arg
 
 def pretrain_arguments(args, batch_size) -> list[str]:
     common = ["--device", args.device, "--seed", str(args.seed), "--no-progress"]
-    return common + (["--batch-size", str(batch_size)] if batch_size else [])
+    common += ["--batch-size", str(batch_size)] if batch_size else []
+    return common + shlex.split(getattr(args, "pretrain_args", None) or "")
 
 
 def eval_arguments(args) -> list[str]:
@@ -103,6 +105,10 @@ def main(argv=None) -> int:
     parser.add_argument("--test-limit", type=int, help="test images (default: all)")
     parser.add_argument("--batch-size", type=int, help="pretraining batch (default: the trainer's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-args", metavar="'ARGS'",
+                        help="more arguments for every `fastssl pretrain` of the table, random-init runs "
+                             "included, as one quoted string, e.g. --pretrain-args '--lr 0.3 --method-arg "
+                             "momentum_base=0.996'; recorded in each row")
     parser.add_argument("--baselines-for", type=Path, metavar="RESULTS.json",
                         help="pretrain nothing: re-measure the random-initialisation baseline of every method in "
                              "this results.json (with this run's evaluation arguments) and write OUT/results.*")
@@ -158,6 +164,8 @@ def main(argv=None) -> int:
     for name in names:
         info = method_info(name)
         row = {"method": name, **info, "budget_minutes": args.budget_minutes}
+        if args.pretrain_args:
+            row["pretrain_args"] = args.pretrain_args
         run_dir = args.out / name
         t0 = time.time()
         code, text = run(py + ["pretrain", "--method", name, "--out", str(run_dir), "--budget-minutes",
@@ -202,7 +210,8 @@ def markdown(rows: list[dict], args) -> str:
              f"seed {args.seed}, {time.strftime('%Y-%m-%d')}. Evaluation: "
              f"{'kNN and linear probe' if args.linear else 'weighted kNN (k = 20)'} for image methods"
              f"{f', {args.train_limit} bank images' if args.train_limit else ''}"
-             f"{f', {args.test_limit} test images' if args.test_limit else ''}; the method's own metrics otherwise.",
+             f"{f', {args.test_limit} test images' if args.test_limit else ''}; the method's own metrics otherwise."
+             f"{f' Pretrained with `{args.pretrain_args}`.' if getattr(args, 'pretrain_args', None) else ''}",
              "", "| method | data | steps, batch | metric | trained | baseline | baseline is | better by | other metrics |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

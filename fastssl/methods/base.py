@@ -175,6 +175,15 @@ class Method(nn.Module):
         predictor); none by default."""
         return []
 
+    def lr_scaled_modules(self) -> list[tuple[nn.Module, float]]:
+        """(module, scale) pairs: the module's lr is always ``scale`` times the schedule's (BYOL's predictor lr
+        multiplier); none by default."""
+        return []
+
+    def before_optimizer_step(self, step: int, horizon: int) -> None:
+        """Called after the step's backward pass(es) and before gradient clipping and the optimizer step, with the
+        index of the step being taken (0-based): the place to drop gradients (DINO's frozen last layer)."""
+
     def after_step(self, step: int, horizon: int) -> None:
         """Called after each optimizer step with the number of steps done."""
 

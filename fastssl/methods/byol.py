@@ -39,19 +39,27 @@ class BYOL(Method):
     name = "byol"
     preset = "byol"
     defaults = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1.5e-6}
-    options = {"proj_hidden_dim": 4096, "proj_dim": 256, "pred_hidden_dim": 4096, "momentum_base": 0.996}
+    options = {"proj_hidden_dim": 4096, "proj_dim": 256, "pred_hidden_dim": 4096, "momentum_base": 0.996,
+               "pred_lr_scale": 1.0}
     small_defaults = {"lr": 1.0, "weight_decay": 1e-5, "lars_eta": 0.02, "lars_clip": True}
     small_options = {"momentum_base": 0.99}
 
     def __init__(self, backbone, backbone_spec, proj_hidden_dim, proj_dim, pred_hidden_dim, momentum_base,
-                 **base):
+                 pred_lr_scale: float = 1.0, **base):
         super().__init__(backbone, backbone_spec, **base)
+        if not (isinstance(pred_lr_scale, (int, float)) and math.isfinite(pred_lr_scale) and pred_lr_scale > 0):
+            raise ValueError(f"pred_lr_scale: expected a finite number > 0, got {pred_lr_scale!r}")
+        self.pred_lr_scale = float(pred_lr_scale)
         self.projector = BYOLProjectionHead(backbone.num_features, proj_hidden_dim, proj_dim)
         self.predictor = BYOLPredictionHead(proj_dim, pred_hidden_dim, proj_dim)
         self.target_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.momentum_base = momentum_base
         self.momentum = momentum_base
+        self._z_std = torch.zeros(())
+
+    def lr_scaled_modules(self):
+        return [(self.predictor, self.pred_lr_scale)] if self.pred_lr_scale != 1.0 else []
 
     def forward(self, views, step: int = 0, horizon: int = 1):
         """views: 2 x (batch_size, C, H, W) -> (predictions, target projections), each 2 x (batch_size, proj_dim)."""
@@ -63,6 +71,8 @@ class BYOL(Method):
 
     def loss(self, outputs):
         (p0, p1), (z0, z1) = outputs
+        with torch.no_grad():
+            self._z_std = F.normalize(z0.float(), dim=-1).std(dim=0, correction=0).mean()
         return (byol_loss(p0.float(), z1.float()) + byol_loss(p1.float(), z0.float())) / 2
 
     def after_step(self, step: int, horizon: int) -> None:
@@ -72,4 +82,4 @@ class BYOL(Method):
         ema_update(target, online, self.momentum)
 
     def logs(self):
-        return {"ema_momentum": self.momentum}
+        return {"ema_momentum": self.momentum, "z_std": float(self._z_std)}

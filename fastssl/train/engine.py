@@ -263,7 +263,8 @@ class Trainer:
         self.weight_decay = cfg.weight_decay if cfg.weight_decay is not None else defaults["weight_decay"]
         self.weight_decay_end = cfg.weight_decay_end if cfg.weight_decay_end is not None else self.weight_decay
         self.clip_grad = cfg.clip_grad if cfg.clip_grad is not None else defaults.get("clip_grad")
-        groups = parameter_groups([self.method], self.weight_decay, fixed_lr=self.method.fixed_lr_modules())
+        groups = parameter_groups([self.method], self.weight_decay, fixed_lr=self.method.fixed_lr_modules(),
+                                  lr_scale=self.method.lr_scaled_modules())
         self.lars_eta = cfg.lars_eta if cfg.lars_eta is not None else defaults.get("lars_eta", 0.001)
         self.lars_clip = cfg.lars_clip if cfg.lars_clip is not None else defaults.get("lars_clip", False)
         self.optimizer = build_optimizer(self.optimizer_name, groups, self.base_lr, cfg.momentum,
@@ -327,7 +328,7 @@ class Trainer:
         except ValueError as exc:  # torch: "loaded state dict has a different number of parameter groups", ...
             raise ValueError(f"--resume: the optimizer state in {path} does not fit this run's parameter groups "
                              f"({exc}); was it written with other method options (--method-arg, e.g. simsiam's "
-                             f"fix_pred_lr) or by an older fastssl?") from exc
+                             f"fix_pred_lr, byol's pred_lr_scale) or by an older fastssl?") from exc
         self.scaler.load_state_dict(state["scaler"])
         self.horizon, self.horizon_fixed = state["horizon"], state["horizon_fixed"]
         if self.cfg.max_steps is not None:
@@ -432,6 +433,7 @@ class Trainer:
             for phase, dt in zip(PHASES[:5], (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                 self.timings[phase] += dt
         t5 = time.perf_counter()
+        self.method.before_optimizer_step(step, self.horizon)
         if self.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.clip_grad)

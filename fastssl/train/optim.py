@@ -43,8 +43,9 @@ class LARS(torch.optim.Optimizer):
                     trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
                                         torch.ones_like(w_norm))
                     if group.get("clip", False) and group["lr"] > 0:
-                        # the local lr min(trust, lr), applied below as lr * min(trust / lr, 1)
-                        trust = torch.clamp(trust / group["lr"], max=1.0)
+                        # the local lr min(trust, lr), applied below as lr * min(trust / lr, 1); a group with an
+                        # lr_scale clips at its unscaled lr, so that the scale multiplies the clipped step too
+                        trust = torch.clamp(trust / (group["lr"] / group.get("lr_scale", 1.0)), max=1.0)
                     grad = grad.mul(trust)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -56,15 +57,23 @@ class LARS(torch.optim.Optimizer):
 
 
 def parameter_groups(modules: Iterable[nn.Module], weight_decay: float,
-                     fixed_lr: Iterable[nn.Module] = ()) -> list[dict]:
+                     fixed_lr: Iterable[nn.Module] = (),
+                     lr_scale: Iterable[tuple[nn.Module, float]] = ()) -> list[dict]:
     """Two groups: weights (decayed, LARS-adapted) and biases/normalisation parameters (neither), the convention
     of SimCLR, BYOL and timm. Parameters that need no gradient (EMA targets) are left out.
 
     The parameters of the ``fixed_lr`` modules (SimSiam's predictor) form two more groups of the same kinds,
     marked ``fixed_lr=True``: :func:`set_hyperparameters` holds their lr at the base lr instead of following the
-    schedule. Without them the result is the two groups above."""
+    schedule. Each ``(module, scale)`` of ``lr_scale`` (BYOL's predictor, its paper's Appendix F.2) puts that
+    module's parameters into groups marked ``lr_scale=scale``, whose lr is always ``scale`` times the others'.
+    Without either the result is the two groups above."""
     fixed_ids = {id(p) for module in fixed_lr for p in module.parameters()}
-    groups = {(fixed, decay): [] for fixed in (False, True) for decay in (True, False)}
+    scales: dict[int, float] = {}
+    for module, scale in lr_scale:
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"lr_scale: expected a finite scale > 0, got {scale!r}")
+        scales.update({id(p): float(scale) for p in module.parameters()})
+    groups: dict[tuple[bool, float, bool], list] = {(False, 1.0, True): [], (False, 1.0, False): []}
     seen = set()
     for module in modules:
         for name, p in module.named_parameters():
@@ -72,14 +81,16 @@ def parameter_groups(modules: Iterable[nn.Module], weight_decay: float,
                 continue
             seen.add(id(p))
             decay = not (p.ndim <= 1 or name.endswith(".bias"))
-            groups[(id(p) in fixed_ids, decay)].append(p)
+            groups.setdefault((id(p) in fixed_ids, scales.get(id(p), 1.0), decay), []).append(p)
     result = []
-    for (fixed, decay), params in groups.items():
-        if fixed and not params:
+    for (fixed, scale, decay), params in groups.items():
+        if (fixed or scale != 1.0) and not params:
             continue
         group = dict(params=params, weight_decay=weight_decay if decay else 0.0, lars=decay, decay=decay)
         if fixed:
             group["fixed_lr"] = True
+        if scale != 1.0:
+            group["lr_scale"] = scale
         result.append(group)
     return result
 
@@ -111,12 +122,14 @@ def cosine_schedule(step: int, total: int, base: float, final: float, warmup: in
 def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float,
                         base_lr: float | None = None) -> None:
     """Every group's lr becomes ``lr`` (the schedule's value), except groups marked ``fixed_lr``, which take
-    ``base_lr`` (or keep the lr they were built with when it is None); decayed groups take ``weight_decay``."""
+    ``base_lr`` (or keep the lr they were built with when it is None); groups marked ``lr_scale`` take that many
+    times their lr; decayed groups take ``weight_decay``."""
     for group in optimizer.param_groups:
+        scale = group.get("lr_scale", 1.0)
         if not group.get("fixed_lr", False):
-            group["lr"] = lr
+            group["lr"] = lr * scale
         elif base_lr is not None:
-            group["lr"] = base_lr
+            group["lr"] = base_lr * scale
         if group.get("decay", True):
             group["weight_decay"] = weight_decay
 

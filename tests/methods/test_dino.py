@@ -103,6 +103,34 @@ def test_gradients_skip_the_teacher_and_the_fixed_last_layer_scale(cifar_small):
     assert not method.center.requires_grad
 
 
+def test_last_layer_is_frozen_for_the_first_fraction_of_the_run(cifar_small, tmp_path):
+    """freeze_last_layer_fraction (the official cancel_gradients_last_layer): through the engine, the prototypes do
+    not move during the first 2 of 4 steps while the rest of the head does, then they move."""
+    assert METHODS["dino"].options["freeze_last_layer_fraction"] == 0.01  # the paper's 1 epoch of 100
+    method = build_small("dino")
+    assert method.freeze_last_layer_fraction == 0.0  # the small-image recipe that 32 px images get
+    assert not method.last_layer_frozen(0, 10)
+    snapshots = []
+
+    class Recorder(Trainer):
+        def _step(self, step, *args, **kwargs):
+            head = self.method.head
+            if not snapshots:  # the initial head
+                snapshots.append((head.last_layer_direction.detach().clone(), head.mlp[0].weight.detach().clone()))
+            result = super()._step(step, *args, **kwargs)
+            snapshots.append((head.last_layer_direction.detach().clone(), head.mlp[0].weight.detach().clone()))
+            return result
+
+    args = {**SMALL["dino"]["method_args"], "freeze_last_layer_fraction": 0.5}
+    trainer = Recorder(tiny_config(cifar_small, tmp_path, "dino", max_steps=4, method_args=args))
+    trainer.run()
+    assert len(snapshots) == 5
+    snaps = snapshots  # before, then after steps 0, 1, 2, 3
+    assert torch.equal(snaps[1][0], snaps[0][0]) and torch.equal(snaps[2][0], snaps[0][0])  # steps 0, 1: frozen
+    assert not torch.equal(snaps[1][1], snaps[0][1])  # while the rest of the head learns
+    assert not torch.equal(snaps[3][0], snaps[2][0]) and not torch.equal(snaps[4][0], snaps[3][0])
+
+
 def test_loss_is_finite_and_decreases(cifar_small, tmp_path):
     """The student's loss falls against targets held still (teacher momentum 1, centre momentum 1, a constant
     teacher temperature). With the moving targets of the defaults the first steps' loss is no measure of learning:

@@ -295,3 +295,45 @@ def test_simsiam_predictor_keeps_the_base_lr(tmp_path):
                   method_args={"proj_hidden_dim": 64, "proj_dim": 64, "pred_hidden_dim": 16, "fix_pred_lr": True})
     with pytest.raises(ValueError, match="fix_pred_lr"):
         Trainer(cfg).run()
+
+
+def test_byol_logs_the_spread_of_its_targets():
+    """BYOL's z_std (metrics.csv): the std over the batch of the l2-normalised target projections, averaged over
+    dimensions; 0 when the targets collapse to one vector, about 1 / sqrt(dim) when they spread evenly."""
+    torch.manual_seed(0)
+    method = METHODS["byol"].build("resnet18", {"width": 0.125}, {**SMALL_METHOD_ARGS["byol"], "proj_dim": 64}, 3,
+                                   (32, 32))
+    g = torch.Generator().manual_seed(3)
+    p0, p1, z0, z1 = (torch.randn(37, 64, generator=g, dtype=torch.float64) for _ in range(4))
+    method.loss(((p0, p1), (z0, z1)))
+    expected = (z0 / z0.norm(dim=1, keepdim=True)).std(dim=0, unbiased=False).mean()
+    assert method.logs()["z_std"] == pytest.approx(float(expected), rel=1e-5)
+    assert 0.5 / 8 < method.logs()["z_std"] < 1.5 / 8
+    constant = torch.randn(1, 64, generator=g).expand(37, 64)
+    method.loss(((p0, p1), (3 * constant, constant)))
+    assert method.logs()["z_std"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_byol_predictor_lr_scale_reaches_the_optimizer(tmp_path):
+    """pred_lr_scale (the BYOL paper's predictor lr multiplier, Appendix F.2): the predictor's groups hold that
+    many times the scheduled lr of the others at every step; the default 1 builds the plain two groups."""
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    data = tmp_path / "images.npz"
+    np.savez(data, x=rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), y=np.arange(24) % 3)
+    for scale in (1.0, 10.0):
+        cfg = _config(data, tmp_path / f"out{scale}", "byol", max_steps=2, batch_size=8,
+                      method_args={**SMALL_METHOD_ARGS["byol"], "pred_lr_scale": scale})
+        trainer = Trainer(cfg)
+        trainer.run()
+        groups = trainer.optimizer.param_groups
+        scaled = [g for g in groups if "lr_scale" in g]
+        assert len(groups) == (2 if scale == 1.0 else 4) and len(scaled) == (0 if scale == 1.0 else 2)
+        if scaled:
+            predictor = {id(p) for p in trainer.method.predictor.parameters()}
+            assert {id(p) for g in scaled for p in g["params"]} == predictor
+            others = [g for g in groups if "lr_scale" not in g]
+            assert all(g["lr"] == pytest.approx(10.0 * others[0]["lr"]) for g in scaled) and others[0]["lr"] > 0
+    with pytest.raises(ValueError, match="pred_lr_scale"):
+        METHODS["byol"].build("resnet18", {"width": 0.125}, {"pred_lr_scale": -1.0}, 3, (32, 32))

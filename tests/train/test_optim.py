@@ -75,3 +75,40 @@ def test_fixed_lr_modules_keep_the_base_lr_while_the_rest_follows_the_schedule()
     set_hyperparameters(optimizer, 0.01, 3e-4)  # without base_lr the fixed groups keep the lr they have
     assert [g["lr"] for g in optimizer.param_groups] == [0.5 if g.get("fixed_lr") else 0.01
                                                           for g in optimizer.param_groups]
+
+
+@pytest.mark.parametrize("optimizer_name, clip", [("sgd", False), ("lars", False), ("lars", True)])
+def test_lr_scaled_modules_take_scale_times_the_step(optimizer_name, clip):
+    """A module given lr_scale s (BYOL's predictor multiplier) moves by s times the step it would take at scale 1,
+    for SGD, LARS and LARC (where the clipping bound is the unscaled lr, so the scale multiplies the clipped
+    step), while the other parameters take the same step as without the scale."""
+    from torch import nn
+
+    from fastssl.train.optim import parameter_groups, set_hyperparameters
+
+    def stepped(scale):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 4)).double()
+        before = [p.detach().clone() for p in model.parameters()]
+        scaled = [(model[2], scale)] if scale != 1.0 else []
+        groups = parameter_groups([model], weight_decay=1e-3, lr_scale=scaled)
+        assert len(groups) == (2 if scale == 1.0 else 4)
+        if optimizer_name == "lars":
+            optimizer = LARS(groups, lr=0.9, eta=0.02, clip=clip)
+        else:
+            optimizer = build_optimizer(optimizer_name, groups, lr=0.9, momentum=0.9)
+        set_hyperparameters(optimizer, 0.9, 1e-3)
+        assert [g["lr"] for g in optimizer.param_groups] == [0.9 * g.get("lr_scale", 1.0)
+                                                              for g in optimizer.param_groups]
+        x = torch.randn(13, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        model(x).square().mean().backward()
+        optimizer.step()
+        return [p.detach() - b for p, b in zip(model.parameters(), before)]
+
+    base, scaled = stepped(1.0), stepped(3.0)
+    for i, (d1, d3) in enumerate(zip(base, scaled)):
+        factor = 3.0 if i >= 2 else 1.0  # model[2]'s weight and bias are parameters 2 and 3
+        assert float(d1.norm()) > 0
+        torch.testing.assert_close(d3, factor * d1, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="lr_scale"):
+        parameter_groups([nn.Linear(2, 2)], 0.0, lr_scale=[(nn.Linear(2, 2), 0.0)])
