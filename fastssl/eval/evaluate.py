@@ -89,7 +89,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
     (:func:`fastssl.eval.text.evaluate_text_checkpoint`). Returns the numbers."""
     from fastssl.data import load_image_dataset
     from fastssl.data.views import channel_normalization
-    from fastssl.eval.features import extract_features
+    from fastssl.eval.features import effective_rank, extract_features
     from fastssl.eval.knn import knn_accuracy
     from fastssl.eval.linear import linear_probe
     from fastssl.models import ResNet
@@ -127,6 +127,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
     (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
     results = {"knn_top1": float(knn_accuracy(train_x, train_y, test_x, test_y, k=20, temperature=0.07))}
     print(f"knn_top1: {results['knn_top1']:.4f}", file=out, flush=True)
+    # how many directions the test embeddings use (fastssl.eval.effective_rank): a collapsed backbone has 1 or 2
+    results["feature_erank"] = effective_rank(test_x)
+    print(f"feature_erank: {results['feature_erank']:.1f}", file=out, flush=True)
     if linear:
         probe = linear_probe(train_x, train_y, test_x, test_y)
         results["linear_top1"] = float(probe["linear_top1"])

@@ -134,3 +134,20 @@ def _check_batch(images, labels, expected: int, start: int) -> tuple[Tensor, Ten
             f"got {labels.dtype} {tuple(labels.shape)}"
         )
     return images, labels.to(torch.int64)
+
+
+@torch.no_grad()
+def effective_rank(x: torch.Tensor) -> float:
+    """The effective rank (Roy and Vetterli, 2007) of a batch of embeddings (B, D): exp of the entropy of the
+    singular values of the centred batch, normalised to sum to 1. D for embeddings spread evenly over D
+    directions, 1 for embeddings that vary along one direction only (dimensional collapse), 0 for a constant
+    batch. A collapse monitor for the non-contrastive methods, whose loss alone does not show it."""
+    x = x.detach().float().cpu()
+    centred = x - x.mean(dim=0, keepdim=True)
+    # a batch whose spread is at the level of float32 rounding is constant: rank 0, not the rank of the noise
+    if not torch.linalg.vector_norm(centred) > 1e-5 * torch.linalg.vector_norm(x):
+        return 0.0
+    s = torch.linalg.svdvals(centred)
+    total = s.sum()
+    p = s / total
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()))

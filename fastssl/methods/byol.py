@@ -25,6 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fastssl.eval.features import effective_rank
 from fastssl.methods.base import Method
 from fastssl.models import BYOLPredictionHead, BYOLProjectionHead
 from fastssl.train.optim import ema_update
@@ -57,6 +58,7 @@ class BYOL(Method):
         self.momentum_base = momentum_base
         self.momentum = momentum_base
         self._z_std = torch.zeros(())
+        self._z_last: torch.Tensor | None = None  # the last batch's target projections, for z_erank
 
     def lr_scaled_modules(self):
         return [(self.predictor, self.pred_lr_scale)] if self.pred_lr_scale != 1.0 else []
@@ -73,6 +75,7 @@ class BYOL(Method):
         (p0, p1), (z0, z1) = outputs
         with torch.no_grad():
             self._z_std = F.normalize(z0.float(), dim=-1).std(dim=0, correction=0).mean()
+        self._z_last = z0.detach()
         return (byol_loss(p0.float(), z1.float()) + byol_loss(p1.float(), z0.float())) / 2
 
     def after_step(self, step: int, horizon: int) -> None:
@@ -82,4 +85,5 @@ class BYOL(Method):
         ema_update(target, online, self.momentum)
 
     def logs(self):
-        return {"ema_momentum": self.momentum, "z_std": float(self._z_std)}
+        return {"ema_momentum": self.momentum, "z_std": float(self._z_std),
+                "z_erank": effective_rank(self._z_last) if self._z_last is not None else float("nan")}

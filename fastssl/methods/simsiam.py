@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fastssl.eval.features import effective_rank
 from fastssl.methods.base import Method
 from fastssl.models import SimSiamPredictionHead, SimSiamProjectionHead
 
@@ -52,6 +53,7 @@ class SimSiam(Method):
         self.predictor = SimSiamPredictionHead(proj_dim, pred_hidden_dim, proj_dim)
         self.fix_pred_lr = bool(fix_pred_lr)
         self._z_std = torch.zeros(())
+        self._z_last: torch.Tensor | None = None  # the last batch's target projections, for z_erank
 
     def fixed_lr_modules(self):
         return [self.predictor] if self.fix_pred_lr else []
@@ -68,7 +70,9 @@ class SimSiam(Method):
         (p0, p1), (z0, z1) = outputs
         with torch.no_grad():
             self._z_std = F.normalize(z0.float(), dim=-1).std(dim=0, correction=0).mean()
+        self._z_last = z0.detach()
         return (negative_cosine(p0.float(), z1.float()) + negative_cosine(p1.float(), z0.float())) / 2
 
     def logs(self):
-        return {"z_std": float(self._z_std)}
+        return {"z_std": float(self._z_std),
+                "z_erank": effective_rank(self._z_last) if self._z_last is not None else float("nan")}

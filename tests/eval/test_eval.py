@@ -427,3 +427,24 @@ def test_evaluate_checkpoint_limits_draw_subsets_of_the_requested_sizes(tmp_path
     result = evaluate_checkpoint(tmp_path / "run" / "last.pt", train_limit=20, test_limit=5, linear=False,
                                  plot=False)
     assert sizes == [20, 5] and 0 <= result["knn_top1"] <= 1
+
+
+@pytest.mark.parametrize("rows, dim", [(50, 7), (301, 33)])
+def test_effective_rank_counts_the_directions_in_use(rows, dim):
+    """exp(entropy) of the normalised singular values of the centred batch, against its float64 formula; the
+    number of equally used directions for isotropic data in a k-dim subspace, 1 for a line, 0 for a constant."""
+    from fastssl.eval import effective_rank
+
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, dim, generator=g, dtype=torch.float64) * torch.linspace(0.1, 2.0, dim, dtype=torch.float64)
+    s = torch.linalg.svdvals(x - x.mean(0))
+    p = s / s.sum()
+    assert effective_rank(x) == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-5)
+    # k orthonormal directions used equally (an exact design: +-1 along each, every row's sign pattern)
+    k = 3
+    basis = torch.linalg.qr(torch.randn(dim, k, generator=g, dtype=torch.float64))[0]
+    signs = torch.tensor([[(i >> j & 1) * 2 - 1 for j in range(k)] for i in range(2 ** k)], dtype=torch.float64)
+    assert effective_rank(5.0 + signs @ basis.T) == pytest.approx(k, rel=1e-5)
+    line = torch.randn(rows, 1, generator=g) * torch.randn(1, dim, generator=g) + 3.0
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-3)
+    assert effective_rank(torch.full((rows, dim), 2.5)) == 0.0

@@ -299,7 +299,8 @@ def test_simsiam_predictor_keeps_the_base_lr(tmp_path):
 
 def test_byol_logs_the_spread_of_its_targets():
     """BYOL's z_std (metrics.csv): the std over the batch of the l2-normalised target projections, averaged over
-    dimensions; 0 when the targets collapse to one vector, about 1 / sqrt(dim) when they spread evenly."""
+    dimensions; 0 when the targets collapse to one vector, about 1 / sqrt(dim) when they spread evenly. z_erank,
+    their effective rank, also shows the dimensional collapse that z_std misses."""
     torch.manual_seed(0)
     method = METHODS["byol"].build("resnet18", {"width": 0.125}, {**SMALL_METHOD_ARGS["byol"], "proj_dim": 64}, 3,
                                    (32, 32))
@@ -309,9 +310,15 @@ def test_byol_logs_the_spread_of_its_targets():
     expected = (z0 / z0.norm(dim=1, keepdim=True)).std(dim=0, unbiased=False).mean()
     assert method.logs()["z_std"] == pytest.approx(float(expected), rel=1e-5)
     assert 0.5 / 8 < method.logs()["z_std"] < 1.5 / 8
+    # z_erank: 37 Gaussian rows in 64-d spread over nearly all 36 directions their centring leaves
+    assert 25 < method.logs()["z_erank"] <= 36 + 1e-6
     constant = torch.randn(1, 64, generator=g).expand(37, 64)
     method.loss(((p0, p1), (3 * constant, constant)))
-    assert method.logs()["z_std"] == pytest.approx(0.0, abs=1e-6)
+    assert method.logs()["z_std"] == pytest.approx(0.0, abs=1e-6) and method.logs()["z_erank"] == 0.0
+    # dimensional collapse: rows that vary along one direction only; z_std stays well above 0, z_erank says 1
+    line = constant + torch.randn(37, 1, generator=g) * torch.randn(1, 64, generator=g)
+    method.loss(((p0, p1), (line, line)))
+    assert method.logs()["z_erank"] == pytest.approx(1.0, abs=1e-3) and method.logs()["z_std"] > 0.01
 
 
 def test_byol_predictor_lr_scale_reaches_the_optimizer(tmp_path):
