@@ -8,13 +8,20 @@ The EMA momentum follows tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2 from t
 Defaults (the paper's): LARS, lr = 0.2 x batch / 256, weight decay 1.5e-6, cosine schedule with warm-up; the
 asymmetric BYOL views (blur 1.0 / 0.1, solarize 0 / 0.2).
 
-Small recipe (images of 64 px or less; solo-learn's CIFAR recipe): LARS with LARC clipping and trust coefficient
-0.02, lr 1.0, weight decay 1e-5, tau_base 0.99. Measured on the 2-core CPU (5-minute budget, ResNet-18 at width
-0.25, kNN on 10,000 / 2,000 CIFAR-10 images; random init 0.2935), 2026-12-07: this recipe 0.3030 (171 steps), the
-paper's 0.2820 (180 steps); one-thread pilots: this recipe 0.3245 (112 steps), at lr 2.0 0.2940. Within 5 CPU
-minutes BYOL stays within a few points of its random initialisation either way. With a 20-minute budget (754
-steps) this recipe reached 0.3100 kNN and a 0.3225 linear probe (random init 0.329): the loss falls to 0.11 within
-150 steps and stays between 0.10 and 0.21, and the features barely move.
+The paper's Appendix F.2 multiplies the predictor's lr (``pred_lr_scale``, default 1). ``logs()`` adds ``z_std``
+and ``z_erank``, the effective rank of the batch's target projections: the loss alone does not show a collapse.
+
+Small recipe (images of 64 px or less): solo-learn's CIFAR optimizer (LARS with LARC clipping, trust coefficient
+0.02, weight decay 1e-5, tau_base 0.99) at lr 0.1 instead of its 1.0. solo-learn warms lr 1.0 up over 10 epochs
+(about 1,950 steps at batch 256), longer than a whole 20-minute CPU run; with fastssl's warm-up (5% of the run)
+lr 1.0 collapses the representation to a line between steps 80 and 110 (backbone effective rank 1.5 of 128 at
+step 150, kNN 0.2020), lr 0.3 nearly so (13.6), lr 0.1 not (87.9, kNN 0.3415); a 40x weight decay or a 10x
+predictor lr does not prevent it (benchmarks/results/cpu-2core-amd-epyc/budget20_2026-12-07/byol_pilots/).
+Measured on the 2-core CPU (ResNet-18 at width 0.25, kNN and linear probe on 10,000 / 2,000 CIFAR-10 images),
+2026-12-07, 20-minute budget: lr 0.1 729 steps, kNN 0.3725 and linear probe 0.381 against the random init's 0.2935
+and 0.329; seed 1 765 steps, 0.3470 and 0.3835 against 0.2595 and 0.3315. lr 1.0 (the recipe before): 754 steps,
+0.3100 and 0.3225; with tau_base 0.996 0.2950 and 0.342. 5-minute budget (seed 0): lr 0.1 0.2835 and 0.306 (190
+steps), lr 1.0 0.3030 (171 steps), the paper's recipe 0.2820 (180 steps): 5 CPU minutes are too few for BYOL.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ class BYOL(Method):
     defaults = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1.5e-6}
     options = {"proj_hidden_dim": 4096, "proj_dim": 256, "pred_hidden_dim": 4096, "momentum_base": 0.996,
                "pred_lr_scale": 1.0}
-    small_defaults = {"lr": 1.0, "weight_decay": 1e-5, "lars_eta": 0.02, "lars_clip": True}
+    small_defaults = {"lr": 0.1, "weight_decay": 1e-5, "lars_eta": 0.02, "lars_clip": True}
     small_options = {"momentum_base": 0.99}
 
     def __init__(self, backbone, backbone_spec, proj_hidden_dim, proj_dim, pred_hidden_dim, momentum_base,

@@ -41,7 +41,8 @@ spreads the head's outputs over the batch, so the centred teacher is not flat fr
     ... with teacher temperature 0.04 throughout             0.3050   (53 steps)
 
 With a 20-minute budget (443 steps) this recipe reached 0.3340 kNN and a 0.346 linear probe (random init 0.329),
-its loss within 0.03 of log K throughout.
+its loss within 0.03 of log K throughout; with seed 1 (441 steps) 0.3170 kNN and a 0.355 linear probe against its
+own random init's 0.2595 and 0.3315.
 """
 
 from __future__ import annotations
