@@ -143,9 +143,11 @@ def test_eval_prints_knn_and_zero_shot_accuracy(cifar_named, tmp_path):
             pass
 
     results = evaluate_checkpoint(tmp_path / "last.pt", device="cpu", linear=False, plot=False, out=Out())
-    assert set(results) == {"knn_top1", "zero_shot_top1"}
+    assert set(results) == {"knn_top1", "feature_erank", "zero_shot_top1"}
     assert 0.0 <= results["zero_shot_top1"] <= 1.0
+    assert 1.0 <= results["feature_erank"] <= 64  # at most the width-0.125 ResNet-18 feature dimension
     assert any(line.startswith("zero_shot_top1: ") for line in lines)
+    assert any(line.startswith("feature_erank: ") for line in lines)
 
 
 def test_data_without_class_names_is_refused(cifar_named, tmp_path):
