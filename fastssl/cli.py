@@ -184,8 +184,8 @@ def _eval_parser(sub) -> None:
         "eval", help="kNN and linear-probe accuracy of a checkpoint's backbone",
         description="Evaluate the frozen backbone of a pretraining checkpoint: weighted kNN (k = 20, T = 0.07) and "
                     "a linear probe (weight decay chosen on a held-out split of the training set), both on the "
-                    "test split. Prints `knn_top1: <float>`, `feature_erank: <float>` (the effective rank of the test "
-                    "embeddings: how many directions they use; 1 or 2 after a collapse) and `linear_top1: <float>` "
+                    "test split. Prints `feature_erank: <float>` (the effective rank of the test embeddings: how many "
+                    "directions they use; 1 or 2 after a collapse), `knn_top1: <float>` and `linear_top1: <float>` "
                     "and writes a PNG of a 2-D "
                     "PCA projection of the test embeddings next to the checkpoint. clip also prints "
                     "`zero_shot_top1: <float>`. Text methods print their metrics on the validation split instead: "

@@ -125,11 +125,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data: Optional[str] = None, devi
                                           len(dataset) if subset is None else None, indices=subset,
                                           batch_size=batch_size, device=dev, desc=f"{name} features")
     (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
-    results = {"knn_top1": float(knn_accuracy(train_x, train_y, test_x, test_y, k=20, temperature=0.07))}
-    print(f"knn_top1: {results['knn_top1']:.4f}", file=out, flush=True)
-    # how many directions the test embeddings use (fastssl.eval.effective_rank): a collapsed backbone has 1 or 2
-    results["feature_erank"] = effective_rank(test_x)
+    # how many directions the test embeddings use (fastssl.eval.effective_rank): a collapsed backbone has 1 or 2.
+    # Printed first, so that pretraining's closing evaluation (kNN only) still ends with the knn_top1 line.
+    results = {"feature_erank": effective_rank(test_x)}
     print(f"feature_erank: {results['feature_erank']:.1f}", file=out, flush=True)
+    results["knn_top1"] = float(knn_accuracy(train_x, train_y, test_x, test_y, k=20, temperature=0.07))
+    print(f"knn_top1: {results['knn_top1']:.4f}", file=out, flush=True)
     if linear:
         probe = linear_probe(train_x, train_y, test_x, test_y)
         results["linear_top1"] = float(probe["linear_top1"])

@@ -30,6 +30,16 @@ def test_pretrain_writes_its_outputs(pretrained):
     assert {"step", "loss", "lr", "images_per_s"} <= set(header)
 
 
+def test_pretrain_with_its_closing_eval_ends_with_the_knn_line(cifar_slice, tmp_path, capsys):
+    """The README's quick start promises that pretraining ends with a `knn_top1: <float>` line."""
+    code = main(["pretrain", "--method", "simclr", "--data", str(cifar_slice), "--out", str(tmp_path), "--max-steps",
+                 "2", "--batch-size", "32", "--backbone-arg", "width=0.125", "--device", "cpu", "--no-progress"])
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines[-1].startswith("knn_top1: ") and 0.0 <= _numbers(lines[-1], "knn_top1") <= 1.0
+    assert 1.0 <= _numbers("\n".join(lines), "feature_erank") <= 64
+
+
 def test_eval_prints_knn_and_linear(pretrained, cifar_slice, capsys):
     assert main(["eval", "--checkpoint", str(pretrained / "last.pt"), "--data", str(cifar_slice)]) == 0
     out = capsys.readouterr().out
