@@ -83,7 +83,7 @@ def random_init(name: str, out: Path, py: list[str], common: list[str], eval_arg
 def pretrain_arguments(args, batch_size) -> list[str]:
     common = ["--device", args.device, "--seed", str(args.seed), "--no-progress"]
     common += ["--batch-size", str(batch_size)] if batch_size else []
-    return common + shlex.split(getattr(args, "pretrain_args", None) or "")
+    return common + shlex.split(args.pretrain_args or "")
 
 
 def eval_arguments(args) -> list[str]:
@@ -211,7 +211,7 @@ def markdown(rows: list[dict], args) -> str:
              f"{'kNN and linear probe' if args.linear else 'weighted kNN (k = 20)'} for image methods"
              f"{f', {args.train_limit} bank images' if args.train_limit else ''}"
              f"{f', {args.test_limit} test images' if args.test_limit else ''}; the method's own metrics otherwise."
-             f"{f' Pretrained with `{args.pretrain_args}`.' if getattr(args, 'pretrain_args', None) else ''}",
+             f"{f' Pretrained with `{args.pretrain_args}`.' if args.pretrain_args else ''}",
              "", "| method | data | steps, batch | metric | trained | baseline | baseline is | better by | other metrics |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

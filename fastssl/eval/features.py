@@ -148,6 +148,17 @@ def effective_rank(x: torch.Tensor) -> float:
     if not torch.linalg.vector_norm(centred) > 1e-5 * torch.linalg.vector_norm(x):
         return 0.0
     s = torch.linalg.svdvals(centred)
-    total = s.sum()
-    p = s / total
+    p = s / s.sum()
     return float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()))
+
+
+@torch.no_grad()
+def projection_spread(z: Optional[torch.Tensor]) -> dict[str, float]:
+    """The collapse monitors BYOL and SimSiam log for a batch of projections z (B, D): ``z_std``, the std over the
+    batch of the l2-normalised rows averaged over dimensions (SimSiam's Section 4.1: 0 for a constant output,
+    about 1 / sqrt(D) for an even spread), and ``z_erank``, their :func:`effective_rank`, which also shows a
+    collapse to a few directions that z_std misses. Before the first batch (z None): z_std 0, z_erank nan."""
+    if z is None:
+        return {"z_std": 0.0, "z_erank": float("nan")}
+    z_std = torch.nn.functional.normalize(z.detach().float(), dim=-1).std(dim=0, correction=0).mean()
+    return {"z_std": float(z_std), "z_erank": effective_rank(z)}

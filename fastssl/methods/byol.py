@@ -32,7 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fastssl.eval.features import effective_rank
+from fastssl.eval.features import projection_spread
 from fastssl.methods.base import Method
 from fastssl.models import BYOLPredictionHead, BYOLProjectionHead
 from fastssl.train.optim import ema_update
@@ -64,8 +64,7 @@ class BYOL(Method):
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.momentum_base = momentum_base
         self.momentum = momentum_base
-        self._z_std = torch.zeros(())
-        self._z_last: torch.Tensor | None = None  # the last batch's target projections, for z_erank
+        self._z_last: torch.Tensor | None = None  # the last batch's target projections, for logs()
 
     def lr_scaled_modules(self):
         return [(self.predictor, self.pred_lr_scale)] if self.pred_lr_scale != 1.0 else []
@@ -80,8 +79,6 @@ class BYOL(Method):
 
     def loss(self, outputs):
         (p0, p1), (z0, z1) = outputs
-        with torch.no_grad():
-            self._z_std = F.normalize(z0.float(), dim=-1).std(dim=0, correction=0).mean()
         self._z_last = z0.detach()
         return (byol_loss(p0.float(), z1.float()) + byol_loss(p1.float(), z0.float())) / 2
 
@@ -92,5 +89,4 @@ class BYOL(Method):
         ema_update(target, online, self.momentum)
 
     def logs(self):
-        return {"ema_momentum": self.momentum, "z_std": float(self._z_std),
-                "z_erank": effective_rank(self._z_last) if self._z_last is not None else float("nan")}
+        return {"ema_momentum": self.momentum, **projection_spread(self._z_last)}

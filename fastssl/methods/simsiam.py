@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastssl.eval.features import effective_rank
+from fastssl.eval.features import projection_spread
 from fastssl.methods.base import Method
 from fastssl.models import SimSiamPredictionHead, SimSiamProjectionHead
 
@@ -52,8 +52,7 @@ class SimSiam(Method):
         self.projector = SimSiamProjectionHead(backbone.num_features, proj_hidden_dim, proj_dim)
         self.predictor = SimSiamPredictionHead(proj_dim, pred_hidden_dim, proj_dim)
         self.fix_pred_lr = bool(fix_pred_lr)
-        self._z_std = torch.zeros(())
-        self._z_last: torch.Tensor | None = None  # the last batch's target projections, for z_erank
+        self._z_last: torch.Tensor | None = None  # the last batch's target projections, for logs()
 
     def fixed_lr_modules(self):
         return [self.predictor] if self.fix_pred_lr else []
@@ -68,11 +67,8 @@ class SimSiam(Method):
 
     def loss(self, outputs):
         (p0, p1), (z0, z1) = outputs
-        with torch.no_grad():
-            self._z_std = F.normalize(z0.float(), dim=-1).std(dim=0, correction=0).mean()
         self._z_last = z0.detach()
         return (negative_cosine(p0.float(), z1.float()) + negative_cosine(p1.float(), z0.float())) / 2
 
     def logs(self):
-        return {"z_std": float(self._z_std),
-                "z_erank": effective_rank(self._z_last) if self._z_last is not None else float("nan")}
+        return projection_spread(self._z_last)

@@ -83,9 +83,7 @@ def parameter_groups(modules: Iterable[nn.Module], weight_decay: float,
             decay = not (p.ndim <= 1 or name.endswith(".bias"))
             groups.setdefault((id(p) in fixed_ids, scales.get(id(p), 1.0), decay), []).append(p)
     result = []
-    for (fixed, scale, decay), params in groups.items():
-        if (fixed or scale != 1.0) and not params:
-            continue
+    for (fixed, scale, decay), params in groups.items():  # only the two plain groups can be empty
         group = dict(params=params, weight_decay=weight_decay if decay else 0.0, lars=decay, decay=decay)
         if fixed:
             group["fixed_lr"] = True
@@ -123,7 +121,7 @@ def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_deca
                         base_lr: float | None = None) -> None:
     """Every group's lr becomes ``lr`` (the schedule's value), except groups marked ``fixed_lr``, which take
     ``base_lr`` (or keep the lr they were built with when it is None); groups marked ``lr_scale`` take that many
-    times their lr; decayed groups take ``weight_decay``."""
+    times the lr they would take otherwise; decayed groups take ``weight_decay``."""
     for group in optimizer.param_groups:
         scale = group.get("lr_scale", 1.0)
         if not group.get("fixed_lr", False):
