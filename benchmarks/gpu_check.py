@@ -1,6 +1,11 @@
 """One script for a machine with a CUDA GPU: install, GPU tests, GPU benchmarks, a short training run, a summary last.
 
     python benchmarks/gpu_check.py --out DIR [--deadline-s 520] [--no-extension]
+    python benchmarks/gpu_check.py --out DIR --no-extension --only-train --train-minutes 8 --deadline-s 590
+
+The second form is issue 5's GPU quality bar in one call: install, `fastssl info`, then only the SimCLR run and
+its kNN evaluation on the full CIFAR-10 splits (no tests, no benchmarks). The 2026-11-27 run found the data
+there through `../shared/data`, as here; set FASTSSL_DATA where it lives elsewhere.
 
 In order, each step with its own time limit, all inside --deadline-s (so that one call of a lent GPU fits):
   1. install (pip install --no-deps --no-build-isolation -e .; with --no-extension FASTSSL_NO_EXTENSION=1 skips
@@ -114,6 +119,8 @@ def main() -> int:
     parser.add_argument("--method-steps", type=int, default=20)
     parser.add_argument("--train-minutes", type=float, default=4.0, help="at most; 0 skips the training run")
     parser.add_argument("--train-batch-size", type=int, default=512)
+    parser.add_argument("--only-train", action="store_true",
+                        help="skip the GPU tests and every benchmark: install, info, then the training run")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = t_start + args.deadline_s
@@ -144,35 +151,36 @@ def main() -> int:
             step("install", [py, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", "."],
                  300, env)
         step("info", [py, "-m", "fastssl", "info"], 60, tail=30)
-        if not args.skip_tests:
+        if not (args.skip_tests or args.only_train):
             import importlib.util
 
             parallel = ["-n", "8"] if importlib.util.find_spec("xdist") else []  # Triton compiles on 8 cores
             step("gpu tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *parallel, "-m", "gpu", "tests"],
                  args.tests_timeout_s, tail=15)
         tuned = args.out / "triton_config.json"
-        if args.tune_budget_s > 0:
+        if args.tune_budget_s > 0 and not args.only_train:
             step("tune", [py, "benchmarks/tune_info_nce.py", "--budget-s", str(args.tune_budget_s), "--json",
                           str(tuned), *(["--clip"] if args.tune_clip else [])], args.tune_budget_s + 60, tail=10)
-        json_path = args.out / "bench_contrastive.json"
-        bench_cmd = [py, "benchmarks/bench_contrastive.py", "--device", "cuda", "--budget-s",
-                     str(args.bench_budget_s), "--json", str(json_path)]
-        if tuned.exists():
-            bench_cmd += ["--triton-config", str(tuned)]
-        step("contrastive", bench_cmd, args.bench_budget_s + 90)
-        if json_path.exists():
-            table = markdown(json.loads(json_path.read_text()))
-            sections.append(f"### contrastive\n\n{table}")
-        if args.augment_budget_s > 0:
-            step("augment", [py, "benchmarks/gpu_augment.py", "--budget-s", str(args.augment_budget_s), "--json",
-                             str(args.out / "bench_augment.json")], args.augment_budget_s + 60, tail=14)
-        if args.masking_budget_s > 0:
-            step("masking", [py, "benchmarks/bench_masking.py", "--device", "cuda", "--budget-s",
-                             str(args.masking_budget_s), "--json", str(args.out / "bench_masking.json")],
-                 args.masking_budget_s + 60, tail=14)
-        step("method", [py, "benchmarks/bench_method.py", "--method", "simclr", "--data", "cifar10", "--device",
-                        "cuda", "--batch-size", str(args.train_batch_size), "--steps", str(args.method_steps),
-                        "--workers", "8"], 150, tail=6)
+        if not args.only_train:
+            json_path = args.out / "bench_contrastive.json"
+            bench_cmd = [py, "benchmarks/bench_contrastive.py", "--device", "cuda", "--budget-s",
+                         str(args.bench_budget_s), "--json", str(json_path)]
+            if tuned.exists():
+                bench_cmd += ["--triton-config", str(tuned)]
+            step("contrastive", bench_cmd, args.bench_budget_s + 90)
+            if json_path.exists():
+                table = markdown(json.loads(json_path.read_text()))
+                sections.append(f"### contrastive\n\n{table}")
+            if args.augment_budget_s > 0:
+                step("augment", [py, "benchmarks/gpu_augment.py", "--budget-s", str(args.augment_budget_s), "--json",
+                                 str(args.out / "bench_augment.json")], args.augment_budget_s + 60, tail=14)
+            if args.masking_budget_s > 0:
+                step("masking", [py, "benchmarks/bench_masking.py", "--device", "cuda", "--budget-s",
+                                 str(args.masking_budget_s), "--json", str(args.out / "bench_masking.json")],
+                     args.masking_budget_s + 60, tail=14)
+            step("method", [py, "benchmarks/bench_method.py", "--method", "simclr", "--data", "cifar10", "--device",
+                            "cuda", "--batch-size", str(args.train_batch_size), "--steps", str(args.method_steps),
+                            "--workers", "8"], 150, tail=6)
         eval_margin = 75.0
         minutes = min(args.train_minutes, (left() - eval_margin - 40) / 60)
         if args.train_minutes > 0 and minutes >= 0.5:
