@@ -186,9 +186,8 @@ def _eval_parser(sub) -> None:
                     "a linear probe (weight decay chosen on a held-out split of the training set), both on the "
                     "test split. Prints `feature_erank: <float>` (the effective rank of the test embeddings: how many "
                     "directions they use; 1 or 2 after a collapse), `knn_top1: <float>` and `linear_top1: <float>` "
-                    "and writes a PNG of a 2-D "
-                    "PCA projection of the test embeddings next to the checkpoint. clip also prints "
-                    "`zero_shot_top1: <float>`. Text methods print their metrics on the validation split instead: "
+                    "and writes a PNG of a 2-D PCA projection of the test embeddings next to the checkpoint. "
+                    "clip also prints `zero_shot_top1: <float>`. Text methods print their metrics on the validation split instead: "
                     "gpt `val_bits_per_char` and `unigram_bits_per_char`, mlm `masked_accuracy`, "
                     "`majority_accuracy`, `masked_loss` and `unigram_loss`.")
     p.add_argument("--checkpoint", required=True, help="a fastssl checkpoint, e.g. runs/simclr/last.pt")
