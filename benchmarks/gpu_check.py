@@ -84,7 +84,10 @@ def markdown(rows: list[dict]) -> str:
             lines.append(f"| {r['op']} | {r['size']} | {r['D']} | {r['dtype']} | {r['impl']} | {r['error']} "
                          "| | | | | |")
             continue
-        ratio = lambda k: f"{r[k]:.2f}x" if k in r else ""  # noqa: E731
+
+        def ratio(key, r=r):
+            return f"{r[key]:.2f}x" if key in r else ""
+
         lines.append(
             f"| {r['op']} | {r['size']} | {r['D']} | {r['dtype']} | {r['impl']} | {r['median_ms']:.2f} "
             f"| {r['tflops']:.1f} | {r['pct_peak']:.1f} | {r['peak_extra_mib']:.1f} | {ratio('vs_eager')} "

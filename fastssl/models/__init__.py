@@ -24,6 +24,14 @@ BACKBONES = {
 }
 
 
+__all__ = [
+    "BACKBONES", "BYOLPredictionHead", "BYOLProjectionHead", "BarlowTwinsProjectionHead", "DINOHead",
+    "MoCoProjectionHead", "ResNet", "SimCLRProjectionHead", "SimSiamPredictionHead", "SimSiamProjectionHead",
+    "TextTransformer", "VICRegProjectionHead", "VisionTransformer", "build_backbone", "patchify", "resnet18",
+    "resnet50", "sincos_pos_embed_2d", "vit_small", "vit_tiny",
+]
+
+
 def build_backbone(name: str, **kwargs):
     """``BACKBONES[name](**kwargs)``, e.g. ``build_backbone("resnet18", cifar_stem=True)`` or
     ``build_backbone("vit_tiny", img_size=32, patch_size=4)``. Raises ValueError listing the names."""

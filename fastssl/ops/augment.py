@@ -478,7 +478,7 @@ def augment(images: ImageBatch, params: AugmentParams, out_size, mean, std, out_
         torch.Size([8, 3, 32, 32])
     """
     packed = as_packed(images)
-    batch, channels = len(packed), packed.channels
+    channels = packed.channels
     out_h, out_w = _check_out_size(out_size)
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype: expected one of {', '.join(map(str, OUT_DTYPES))}, got {out_dtype}")
