@@ -13,7 +13,8 @@ Per method, through the public CLI (what a user runs):
   3. the same evaluation of the method's untrained model (`--max-steps 0`, the same seed, so the same initial
      weights, and the method's own input normalisation): the random-initialisation baseline.
 `--baselines-for OUT/results.json` re-measures only the baselines of a finished table; `--table-from` rebuilds or
-merges tables from results.json files without running anything.
+merges tables from results.json files without running anything; `--seeds-table A/results.json B/results.json`
+puts runs of one table with different seeds side by side, with each method's mean gain and its spread.
 Every `name: number` line that `fastssl eval` prints is recorded. Writes OUT/results.md (the table), OUT/results.json
 and each run's folder (checkpoint, metrics.csv, loss.png). A method whose run fails is reported as failed, with
 its exit code, and the table goes on.
@@ -115,8 +116,23 @@ def main(argv=None) -> int:
     parser.add_argument("--table-from", nargs="+", type=Path, metavar="RESULTS.json",
                         help="run nothing: write OUT/results.md from these results.json files (a later file's row "
                              "of a method replaces an earlier one; the header takes this run's arguments)")
+    parser.add_argument("--seeds-table", nargs="+", type=Path, metavar="RESULTS.json",
+                        help="run nothing: write OUT/seeds.md, one column per results.json (runs of the same table "
+                             "with different seeds) with the mean and spread of each method's gain")
+    parser.add_argument("--labels", nargs="+", help="column names for --seeds-table (default: each row's "
+                                                    "seed, or the results.json's folder name)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    if args.seeds_table:
+        if args.labels and len(args.labels) != len(args.seeds_table):
+            parser.error(f"--labels: expected {len(args.seeds_table)} names, one per --seeds-table file, "
+                         f"got {len(args.labels)}")
+        labels = args.labels or [seed_label(path) for path in args.seeds_table]
+        args.out.mkdir(parents=True, exist_ok=True)
+        table = seeds_markdown(args.seeds_table, labels)
+        (args.out / "seeds.md").write_text(table)
+        print(table)
+        return 0
     from fastssl.methods import METHODS
 
     if args.table_from:
@@ -163,7 +179,7 @@ def main(argv=None) -> int:
     rows, baselines = [], {}
     for name in names:
         info = method_info(name)
-        row = {"method": name, **info, "budget_minutes": args.budget_minutes}
+        row = {"method": name, **info, "budget_minutes": args.budget_minutes, "seed": args.seed}
         if args.pretrain_args:
             row["pretrain_args"] = args.pretrain_args
         run_dir = args.out / name
@@ -201,6 +217,62 @@ def main(argv=None) -> int:
     return 0 if all("error" not in r for r in rows) else 1
 
 
+def seed_label(path: Path) -> str:
+    seeds = {row.get("seed") for row in json.loads(path.read_text())}
+    return f"seed {seeds.pop()}" if len(seeds) == 1 and None not in seeds else path.parent.name
+
+
+def comparison(row: dict) -> tuple[str | None, str, float | None, float | None, str]:
+    """(headline metric, what the baseline is, baseline value, better by, unit) of one results row: better by is
+    points of accuracy, or bits per character saved."""
+    trained, init = row.get("trained") or {}, row.get("random_init") or {}
+    head = headline(trained)
+    if head is None:
+        return None, "", None, None, ""
+    baseline_kind, baseline = "random init", init.get(head)
+    for printed, pairs in BASELINE_NAMES.items():
+        if pairs == head and printed in trained:
+            baseline_kind, baseline = printed.replace("_", " "), trained[printed]
+    if baseline is None:
+        return head, baseline_kind, None, None, ""
+    if head == "val_bits_per_char":
+        return head, baseline_kind, baseline, baseline - trained[head], "bits"
+    return head, baseline_kind, baseline, 100 * (trained[head] - baseline), "points"
+
+
+def seeds_markdown(paths: list[Path], labels: list[str]) -> str:
+    """One row per method, one column per results.json (a seed), then the mean and the spread (largest minus
+    smallest) of "better by" across them, and the same for the linear probe where it was measured."""
+    runs = [{row["method"]: row for row in json.loads(path.read_text())} for path in paths]
+    names = sorted(set().union(*runs))
+    lines = ["| method | metric | " + " | ".join(f"{label}: trained, better by" for label in labels)
+             + " | mean better by | spread | linear probe better by: " + ", ".join(labels) + " | mean |",
+             "|---|---|" + "---|" * len(labels) + "---|---|---|---|"]
+    for name in names:
+        cells, gains, linear, metric, unit = [], [], [], "", ""
+        for run in runs:
+            row = run.get(name)
+            head, _, _, delta, unit_here = comparison(row) if row and "error" not in row else (None,) * 5
+            if head is None or delta is None:
+                cells.append("failed" if row else "not run")
+                linear.append(None)
+                continue
+            metric, unit = head, unit_here
+            cells.append(f"{row['trained'][head]:.4f}, {delta:+.2f}")
+            gains.append(delta)
+            trained, init = row["trained"], row.get("random_init") or {}
+            linear.append(100 * (trained["linear_top1"] - init["linear_top1"])
+                          if "linear_top1" in trained and "linear_top1" in init else None)
+        mean = f"{sum(gains) / len(gains):+.2f} {unit}" if gains else ""
+        spread = f"{max(gains) - min(gains):.2f}" if len(gains) > 1 else ""
+        measured = [g for g in linear if g is not None]
+        linear_cells = ", ".join("-" if g is None else f"{g:+.2f}" for g in linear) if measured else ""
+        linear_mean = f"{sum(measured) / len(measured):+.2f}" if measured else ""
+        lines.append(f"| {name} | {metric} | " + " | ".join(cells) + f" | {mean} | {spread} | {linear_cells} | "
+                     f"{linear_mean} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], args) -> str:
     import torch
 
@@ -219,21 +291,14 @@ def markdown(rows: list[dict], args) -> str:
             lines.append(f"| {r['method']} | {r['data']} | {r.get('steps') or ''} | failed | | | | | {r['error']} |")
             continue
         trained, init = r.get("trained", {}), r.get("random_init", {})
-        head = headline(trained)
+        head, baseline_kind, baseline, delta, unit = comparison(r)
         if head is None:
             lines.append(f"| {r['method']} | {r['data']} | {r.get('steps')} | none printed | | | | | |")
             continue
-        baseline_kind, baseline = "random init", init.get(head)
-        for printed, pairs in BASELINE_NAMES.items():
-            if pairs == head and printed in trained:
-                baseline_kind, baseline = printed.replace("_", " "), trained[printed]
         others = ", ".join(f"{k} {v:.4g}" + (f" (init {init[k]:.4g})" if k in init else "")
                            for k, v in trained.items() if k != head and k not in BASELINE_NAMES)
         base = f"{baseline:.4f}" if baseline is not None else ""
-        gain = ""
-        if baseline is not None:  # better than the baseline by: points of accuracy, or bits per character saved
-            delta = baseline - trained[head] if head == "val_bits_per_char" else 100 * (trained[head] - baseline)
-            gain = f"{delta:+.2f} {'bits' if head == 'val_bits_per_char' else 'points'}"
+        gain = f"{delta:+.2f} {unit}" if delta is not None else ""
         batch = f", batch {r['batch_size']}" if r.get("batch_size") else ""
         lines.append(f"| {r['method']} | {r['data']} | {r.get('steps')}{batch} | {head} | {trained[head]:.4f} | "
                      f"{base} | {baseline_kind} | {gain} | {others} |")
