@@ -39,8 +39,15 @@ class NTXentLoss(nn.Module):
 
     Shapes: ``out0``, ``out1``: (batch_size, dim) -> 0-d loss. Example::
 
+        >>> import torch
+        >>> from fastssl.nn import NTXentLoss
+        >>> model = torch.nn.Linear(32, 16)
+        >>> x0, x1 = torch.randn(64, 32), torch.randn(64, 32)     # two views of 64 samples
         >>> criterion = NTXentLoss(temperature=0.5)
         >>> loss = criterion(model(x0), model(x1))
+        >>> loss.backward()
+        >>> model.weight.grad.shape
+        torch.Size([16, 32])
     """
 
     def __init__(self, temperature: float = 0.5, gather_distributed: bool = False, backend: str = "auto"):
@@ -74,7 +81,15 @@ class ClipLoss(nn.Module):
 
     Call as ``loss(image_features, text_features, logit_scale)`` with (batch_size, dim) features and
     ``logit_scale`` the exponentiated learnable scale (0-d tensor; receives a gradient). Features are
-    L2-normalised (a no-op for open_clip's already normalised features, up to rounding).
+    L2-normalised (a no-op for open_clip's already normalised features, up to rounding). Example::
+
+        >>> import math, torch
+        >>> from fastssl.nn import ClipLoss
+        >>> logit_scale = torch.tensor(math.log(1 / 0.07)).exp().requires_grad_()  # CLIP's initial scale
+        >>> loss = ClipLoss()(torch.randn(64, 512), torch.randn(64, 512), logit_scale)
+        >>> loss.backward()
+        >>> logit_scale.grad.shape
+        torch.Size([])
     """
 
     def __init__(self, gather_distributed: bool = False, normalize: bool = True, backend: str = "auto"):
@@ -122,6 +137,16 @@ class MoCoLoss(nn.Module):
         dim: embedding dimension (MoCo: 128).
         gather_distributed: use every rank's keys as in-batch negatives and enqueue them all (MoCo's
             concat_all_gather), so that the step equals one process on the global batch.
+
+    Example::
+
+        >>> import torch
+        >>> from fastssl.nn import MoCoLoss
+        >>> criterion = MoCoLoss(temperature=0.2, queue_size=1024, dim=128)
+        >>> query, key = torch.randn(256, 128, requires_grad=True), torch.randn(256, 128)
+        >>> loss = criterion(query, key)  # 1 positive and 255 + 1024 negatives per query; then key is enqueued
+        >>> int(criterion.queue_ptr), sorted(criterion.state_dict())
+        (256, ['queue', 'queue_ptr'])
     """
 
     def __init__(self, temperature: float = 0.07, queue_size: int = 65536, dim: int = 128,

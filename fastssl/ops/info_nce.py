@@ -356,8 +356,14 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, normal
         0-d float32 tensor: the mean over the 2N views of ``-log softmax`` of each view's twin among the other
         2N - 1 views. Example::
 
+            >>> import math, torch, fastssl
             >>> z1, z2 = torch.randn(256, 128), torch.randn(256, 128)
-            >>> fastssl.ops.nt_xent(z1, z2, temperature=0.5)
+            >>> loss = fastssl.ops.nt_xent(z1, z2, temperature=0.5)
+            >>> loss.shape, loss.dtype
+            (torch.Size([]), torch.float32)
+            >>> z = torch.ones(4, 8)  # all 2N = 8 views equal: the twin ties with 6 negatives, loss = log 7
+            >>> round(fastssl.ops.nt_xent(z, z).item(), 4), round(math.log(7), 4)
+            (1.9459, 1.9459)
     """
     _check_embeddings(z1=z1, z2=z2)
     if z1.shape[0] != z2.shape[0]:
@@ -387,9 +393,14 @@ def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float = 0.07,
     Returns:
         0-d float32 tensor, the mean cross-entropy over the N queries. Example::
 
-            >>> q, queue = torch.randn(256, 128), torch.randn(4096, 128)
-            >>> k = torch.randn(256, 128)
-            >>> fastssl.ops.info_nce(q, torch.cat([k, queue]), temperature=0.07)
+            >>> import torch, fastssl
+            >>> q, k, queue = torch.randn(256, 128), torch.randn(256, 128), torch.randn(4096, 128)
+            >>> loss = fastssl.ops.info_nce(q, torch.cat([k, queue]), temperature=0.07)  # row i's positive: k[i]
+            >>> loss.shape
+            torch.Size([])
+            >>> keys = torch.ones(10, 5)  # all keys equal: every logit ties, loss = log M = log 10
+            >>> round(fastssl.ops.info_nce(torch.randn(3, 5), keys).item(), 4)
+            2.3026
     """
     _check_embeddings(query=query, keys=keys)
     temperature = _check_temperature(temperature)
@@ -417,8 +428,13 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     Returns:
         0-d float32 tensor: (CE(image -> text) + CE(text -> image)) / 2. Example::
 
+            >>> import torch, fastssl
             >>> img, txt = torch.randn(512, 256), torch.randn(512, 256)
-            >>> fastssl.ops.clip_loss(img, txt, torch.tensor(100.0))
+            >>> logit_scale = torch.tensor(100.0, requires_grad=True)  # already exponentiated
+            >>> loss = fastssl.ops.clip_loss(img, txt, logit_scale)
+            >>> loss.backward()
+            >>> logit_scale.grad.shape
+            torch.Size([])
     """
     _check_embeddings(image_features=image_features, text_features=text_features)
     if image_features.shape[0] != text_features.shape[0]:

@@ -346,8 +346,12 @@ def random_masking(batch_size: int, num_patches: int, mask_ratio: float,
     Returns:
         ids_keep (B, K) int64, mask (B, L) float32 with 1 = masked, ids_restore (B, L) int64. Example::
 
-            >>> ids_keep, mask, ids_restore = fastssl.ops.random_masking(64, 196, 0.75)
-            >>> visible = fastssl.ops.patchify_gather(images, 16, ids_keep)  # (64, 49, 768)
+            >>> import torch, fastssl
+            >>> images = torch.randn(8, 3, 224, 224)
+            >>> ids_keep, mask, ids_restore = fastssl.ops.random_masking(8, 196, 0.75)
+            >>> visible = fastssl.ops.patchify_gather(images, 16, ids_keep)
+            >>> visible.shape, mask.sum(1).tolist() == [147] * 8  # 196 - 49 patches masked in every row
+            (torch.Size([8, 49, 768]), True)
     """
     batch = _check_count("batch_size", batch_size)
     length = _check_count("num_patches", num_patches)
@@ -388,6 +392,13 @@ def block_masking(batch_size: int, grid_h: int, grid_w: int, mask_ratio: float, 
 
     Returns:
         ids_keep (B, L - M) int64, mask (B, L) float32 with 1 = masked, ids_restore (B, L) int64, on the CPU.
+        Example::
+
+            >>> import torch, fastssl
+            >>> generator = torch.Generator().manual_seed(0)
+            >>> ids_keep, mask, ids_restore = fastssl.ops.block_masking(4, 14, 14, 0.4, generator=generator)
+            >>> ids_keep.shape, mask.sum(1).tolist()  # int(0.4 * 196) = 78 masked patches in every row
+            (torch.Size([4, 118]), [78.0, 78.0, 78.0, 78.0])
     """
     batch = _check_count("batch_size", batch_size)
     height, width = _check_count("grid_h", grid_h), _check_count("grid_w", grid_w)
@@ -465,7 +476,15 @@ def mask_tokens(input_ids: torch.Tensor, vocab_size: int, mask_token_id: int, ma
 
     Returns:
         masked_ids (same shape and dtype as input_ids) and labels (int64): the original id at selected
-        positions, -100 (cross_entropy's ignore_index) elsewhere.
+        positions, -100 (cross_entropy's ignore_index) elsewhere. Example::
+
+            >>> import torch, fastssl
+            >>> ids = torch.randint(0, 65, (4, 128))
+            >>> masked, labels = fastssl.ops.mask_tokens(ids, 65, mask_token_id=65,
+            ...                                          generator=torch.Generator().manual_seed(0))
+            >>> selected = labels != -100
+            >>> bool((labels[selected] == ids[selected]).all()), bool((masked[~selected] == ids[~selected]).all())
+            (True, True)
     """
     if not isinstance(input_ids, torch.Tensor):
         raise ValueError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
@@ -518,6 +537,7 @@ def patchify_gather(images: torch.Tensor, patch_size: int, ids_keep: torch.Tenso
         (B, K, p*p*C) in the images' dtype, element (i, j, c) of a patch at i*p*C + j*C + c (MAE's order);
         differentiable with respect to images. Example::
 
+            >>> import torch, fastssl
             >>> ids_keep, mask, ids_restore = fastssl.ops.random_masking(8, 196, 0.75)
             >>> fastssl.ops.patchify_gather(torch.randn(8, 3, 224, 224), 16, ids_keep).shape
             torch.Size([8, 49, 768])
@@ -544,7 +564,11 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor, backend: str = "auto", che
     Returns:
         (B, K, D) in x's dtype. Example::
 
-            >>> fastssl.ops.gather_tokens(tokens, ids_keep)  # (B, L, D) -> (B, K, D)
+            >>> import torch, fastssl
+            >>> tokens = torch.randn(8, 196, 384)
+            >>> ids_keep, mask, ids_restore = fastssl.ops.random_masking(8, 196, 0.75)
+            >>> fastssl.ops.gather_tokens(tokens, ids_keep).shape  # (B, L, D) -> (B, K, D)
+            torch.Size([8, 49, 384])
     """
     _check_floating("x", x, 3, "(B, L, D)")
     ids = _check_index("ids", ids, x.shape[0], x.shape[1], x.device, "L = x.shape[1]", check_range)
@@ -568,6 +592,14 @@ def unshuffle_with_mask_token(visible: torch.Tensor, mask_token: torch.Tensor, i
 
     Returns:
         (B, L, D) in visible's dtype; gradients flow to visible and to mask_token (the sum over masked positions).
+        Example::
+
+            >>> import torch, fastssl
+            >>> ids_keep, mask, ids_restore = fastssl.ops.random_masking(8, 196, 0.75)
+            >>> visible, mask_token = torch.randn(8, 49, 512), torch.zeros(512)
+            >>> out = fastssl.ops.unshuffle_with_mask_token(visible, mask_token, ids_restore)
+            >>> out.shape, bool((out[mask.bool()] == 0).all())  # mask tokens where mask is 1
+            (torch.Size([8, 196, 512]), True)
     """
     _check_floating("visible", visible, 3, "(B, K, D)")
     batch, num_visible, dim = visible.shape
