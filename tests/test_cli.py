@@ -47,3 +47,18 @@ def test_info_into_a_closed_pipe_exits_without_a_traceback():
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
+
+
+@pytest.mark.parametrize("command", [[], ["pretrain"], ["eval"], ["finetune"], ["sample"]])
+def test_help_keeps_its_example_lines_and_wraps_the_prose(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    examples = [line for line in text.splitlines() if line.startswith("    fastssl ")]
+    assert examples, text
+    # each example stands on its own line, whole: one command, no wrapped fragment of the next
+    assert all(line.count("fastssl ") == 1 or "&&" in line for line in examples), examples
+    prose = text.split("examples:" if "examples:" in text else "example:")[0]
+    assert max(len(line) for line in prose.splitlines()) <= 100

@@ -332,6 +332,9 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.horizon, self.horizon_fixed = state["horizon"], state["horizon_fixed"]
         if self.cfg.max_steps is not None:
+            if self.horizon_fixed and self.cfg.max_steps > self.horizon:
+                self._print(f"--resume: --max-steps {self.cfg.max_steps} is ignored: the checkpoint's schedules end "
+                            f"at step {self.horizon}, and stretching them would change the steps already taken")
             self.horizon = min(self.horizon, self.cfg.max_steps)
         ckpt.restore_rng_states(state["rng"])
         return int(state["step"])
@@ -465,6 +468,12 @@ class Trainer:
         start = self._resume() if cfg.resume and (self.out / "last.pt").exists() else 0
         if cfg.resume and start == 0 and not (self.out / "last.pt").exists():
             self._print(f"--resume: no {self.out / 'last.pt'} yet, starting from step 0")
+        elif cfg.resume and start >= self.horizon:
+            self._print(f"--resume: {self.out / 'last.pt'} is a finished run (step {start}, where its schedules "
+                        f"end): nothing to train; a longer run needs a new --out")
+        elif cfg.resume:
+            self._print(f"--resume: continuing from step {start} of {self.out / 'last.pt'}"
+                        + (f" to step {self.horizon}" if self.horizon_fixed else ""))
         metrics = MetricsWriter(self.out / "metrics.csv", start, enabled=self.dist.is_main)
         if self.pipeline is not None:
             data = f"{len(self.dataset)} images {'x'.join(map(str, self.image_shape))}"

@@ -1,8 +1,11 @@
 """CLI smoke runs of pretrain, eval and finetune on a small slice of the real CIFAR-10 data."""
 
 import re
+import shutil
 
 import pytest
+import torch
+import yaml
 
 from fastssl.cli import main
 
@@ -38,6 +41,32 @@ def test_pretrain_with_its_closing_eval_ends_with_the_knn_line(cifar_slice, tmp_
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert lines[-1].startswith("knn_top1: ") and 0.0 <= _numbers(lines[-1], "knn_top1") <= 1.0
     assert 1.0 <= _numbers("\n".join(lines), "feature_erank") <= 64
+
+
+def test_resume_from_the_runs_own_config(cifar_slice, tmp_path, capsys):
+    """`fastssl pretrain --config OUT/config.yaml --resume` (the --help example) continues the run it describes to
+    the same weights; resuming a finished run says so and trains nothing."""
+    run = tmp_path / "run"
+    config = {"method": "simclr", "data": str(cifar_slice), "out": str(run), "max_steps": 4, "batch_size": 32,
+              "backbone_args": {"width": 0.125}, "device": "cpu", "progress": False, "eval_at_end": False,
+              "checkpoint_every": 2, "keep_checkpoints": True}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    assert main(["pretrain", "--config", str(tmp_path / "run.yaml")]) == 0
+    finished = torch.load(run / "last.pt", weights_only=False)["method_state"]
+
+    shutil.copy(run / "step_0000002.pt", run / "last.pt")  # as if the run had been killed during step 3
+    capsys.readouterr()
+    assert main(["pretrain", "--config", str(run / "config.yaml"), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"--resume: continuing from step 2 of {run / 'last.pt'} to step 4" in out and "done: step 4" in out
+    resumed = torch.load(run / "last.pt", weights_only=False)["method_state"]
+    for name, tensor in finished.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+    assert main(["pretrain", "--config", str(run / "config.yaml"), "--resume", "--max-steps", "6"]) == 0
+    out = capsys.readouterr().out
+    assert f"--resume: {run / 'last.pt'} is a finished run (step 4, where its schedules end)" in out
+    assert "--max-steps 6 is ignored" in out and "no step run" in out
 
 
 def test_eval_prints_knn_and_linear(pretrained, cifar_slice, capsys):
