@@ -57,17 +57,6 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def cuda_extension_has(symbol: str) -> tuple[bool, str]:
-    module, reason = extension()
-    if module is None:
-        return False, reason
-    if not getattr(module, "with_cuda", False):
-        return False, "fastssl._C was built without CUDA (no CUDA torch or no nvcc at build time)"
-    if not hasattr(module, symbol):
-        return False, f"no CUDA kernel {symbol} in this build"
-    return True, ""
-
-
 @dataclass(frozen=True)
 class Backend:
     """One way to run an op: ``accepts(device, dtype, dim)`` returns "" when it can, else the reason it cannot
@@ -109,20 +98,6 @@ def triton_backend(module_name: str, dtypes: Sequence[torch.dtype]) -> Backend:
     return Backend("triton", accepts)
 
 
-def cuda_backend(symbol: str, dtypes: Sequence[torch.dtype]) -> Backend:
-    def accepts(device: torch.device, dtype: torch.dtype, dim: Optional[int] = None) -> str:
-        ok, reason = cuda_extension_has(symbol)
-        if not ok:
-            return reason
-        if device.type != "cuda":
-            return f"the CUDA kernel needs CUDA tensors, got {device.type}"
-        if dtype not in dtypes:
-            return f"the CUDA kernel takes {_names(dtypes)}, got {dtype}"
-        return ""
-
-    return Backend("cuda", accepts)
-
-
 def reference_backend() -> Backend:
     return Backend("reference", lambda device, dtype, dim=None: "")
 
@@ -152,9 +127,9 @@ def select(op: str, backend: str, device: torch.device, dtype: torch.dtype, dim:
     backends = OPS[op]
     if backend not in ("auto",) + BACKENDS:
         raise ValueError(f"backend must be one of 'auto', {', '.join(repr(b) for b in BACKENDS)}; got {backend!r}")
-    reasons = {b.name: b.accepts(device, dtype, dim) for b in backends}
-    for name in BACKENDS:
-        reasons.setdefault(name, f"{op} has no {name} backend")
+    declared = {b.name: b for b in backends}
+    reasons = {name: declared[name].accepts(device, dtype, dim) if name in declared else f"{op} has no {name} backend"
+               for name in BACKENDS}
     if backend != "auto":
         if reasons[backend]:
             listed = "; ".join(f"{name}: {why or 'available'}" for name, why in reasons.items())

@@ -408,8 +408,8 @@ def _out_size(out_size) -> tuple[int, int]:
 
 OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
+# No CUDA C++ kernel: the Triton one is the GPU path (DESIGN.md: a .cu kernel only where it beats Triton).
 BACKENDS = (
-    _dispatch.cuda_backend("augment_cuda", OUT_DTYPES),
     _dispatch.triton_backend("augment", OUT_DTYPES),
     _dispatch.cpp_backend("augment", OUT_DTYPES),
     _dispatch.reference_backend(),
@@ -422,8 +422,6 @@ def _kernel(backend: str):
         return _dispatch.extension()[0].augment
     if backend == "triton":
         return _dispatch.triton_module("augment")[0].augment
-    if backend == "cuda":
-        return _dispatch.extension()[0].augment_cuda
     raise ValueError(f"unknown fused backend {backend!r}")
 
 

@@ -23,8 +23,8 @@ from fastssl import _dispatch
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 CPP_DTYPES = FUSED_DTYPES + (torch.float64,)
 
+# No CUDA C++ kernel: the Triton one is the GPU path (DESIGN.md: a .cu kernel only where it beats Triton).
 BACKENDS = (
-    _dispatch.cuda_backend("info_nce_forward_cuda", FUSED_DTYPES),
     _dispatch.triton_backend("info_nce", FUSED_DTYPES),
     _dispatch.cpp_backend("info_nce_forward", CPP_DTYPES),
     _dispatch.reference_backend(),
