@@ -119,6 +119,7 @@ class DINO(Method):
         self.momentum = self.momentum_base
         self.freeze_last_layer_fraction = float(freeze_last_layer_fraction)
         self._last_teacher_temp = self.warmup_teacher_temp
+        self._teacher_entropy = self._kl = float("nan")
 
     def teacher_temperature(self, step: int, horizon: int) -> float:
         """tau_t at ``step``: linear from warmup_teacher_temp to teacher_temp over the first
@@ -156,8 +157,19 @@ class DINO(Method):
         with torch.autocast(student.device.type, enabled=False):
             teacher = teacher.float()
             loss = dino_loss(student.float(), teacher, self.center, self.student_temp, teacher_temp)
+        self._monitor(teacher, loss, teacher_temp)
         self._update_center(teacher)
         return loss
+
+    @torch.no_grad()
+    def _monitor(self, teacher: torch.Tensor, loss: torch.Tensor, teacher_temp: float) -> None:
+        """The paper's two collapse monitors (Section 5.3, Figure 7): the mean entropy of the centred, sharpened
+        teacher outputs, log K when they go uniform, 0 when one prototype takes over; and the loss minus it, the
+        KL the student still has to close (0 in either collapse)."""
+        p = F.softmax((teacher - self.center) / teacher_temp, dim=-1)
+        entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=-1).mean()
+        self._teacher_entropy = float(entropy)
+        self._kl = float(loss.detach()) - self._teacher_entropy
 
     @torch.no_grad()
     def _update_center(self, teacher: torch.Tensor) -> None:
@@ -189,4 +201,5 @@ class DINO(Method):
         ema_update(target, online, self.momentum)
 
     def logs(self):
-        return {"ema_momentum": self.momentum, "teacher_temp": self._last_teacher_temp}
+        return {"ema_momentum": self.momentum, "teacher_temp": self._last_teacher_temp,
+                "teacher_entropy": self._teacher_entropy, "kl": self._kl}

@@ -169,11 +169,31 @@ class Trainer:
         self.cfg = cfg.replace(data=cfg.data or self.method_cls.default_data,
                                batch_size=cfg.batch_size or self.method_cls.defaults.get("batch_size", 256))
         self.cfg.validate()
+        self._check_data_kind()
         if self.data_kind == "text":
             self._build_text(dist_info)
         else:
             self._build_images(dist_info)
         self._build_optimizer(dist_info)
+
+    def _check_data_kind(self) -> None:
+        """A text method on images or an image method on text fails here, naming the method and what it takes
+        (the loaders' own errors do not know which method asked)."""
+        from fastssl.data.datasets import TEXT_SUFFIXES, resolve_data
+        from fastssl.methods import METHODS
+
+        cfg = self.cfg
+        path = resolve_data(cfg.data)  # an unknown name or a missing path: the accepted forms
+        is_text = path.is_file() and path.name.endswith(TEXT_SUFFIXES)
+        text_methods = ", ".join(sorted(name for name, m in METHODS.items() if m.data_kind == "text"))
+        if self.data_kind == "text" and not is_text:
+            raise ValueError(f"data: {cfg.method} is a text method and {cfg.data!r} ({path}) is not a text corpus; "
+                             f"text methods ({text_methods}) take shakespeare, shakespeare_complete or a "
+                             f".txt / .txt.gz file")
+        if self.data_kind != "text" and is_text:
+            raise ValueError(f"data: {cfg.method} is an image method and {cfg.data!r} ({path}) is a text corpus; "
+                             f"image methods take cifar10, mnist, an .npz of images or a folder of class "
+                             f"sub-folders of images (the text methods are {text_methods})")
 
     def _build_text(self, dist_info: DistInfo) -> None:
         """A text corpus and a method on a TextTransformer over its characters; no view pipeline."""

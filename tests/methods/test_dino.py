@@ -53,6 +53,24 @@ def test_loss_matches_the_formula(batch, crops, k):
     torch.testing.assert_close(method.center, 0.9 * center.float() + 0.1 * teacher.float().mean(0, keepdim=True))
 
 
+def test_collapse_monitors_read_log_k_when_the_teacher_is_uniform_and_0_when_one_prototype_wins():
+    """teacher_entropy is the mean entropy of the centred, sharpened teacher outputs; kl = loss - teacher_entropy."""
+    method = build_small("dino")
+    k, batch = method.center.shape[1], 6
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(4 * batch, k, generator=g)
+    flat = torch.full((2 * batch, k), 0.25)  # every teacher row equal: centred, every prototype equally likely
+    loss = method.loss((student, flat, 0.04))
+    assert method.logs()["teacher_entropy"] == pytest.approx(math.log(k), rel=1e-5)
+    assert method.logs()["kl"] == pytest.approx(float(loss) - math.log(k), rel=1e-5, abs=1e-5)
+    method.center.zero_()
+    peaked = torch.zeros(2 * batch, k)
+    peaked[:, 7] = 1.0  # cosine 1 to prototype 7, 0 to the rest: at temperature 0.04 a near one-hot target
+    method.loss((student, peaked, 0.04))
+    assert method.logs()["teacher_entropy"] < 0.01
+    assert math.isfinite(method.logs()["kl"]) and method.logs()["kl"] > 0
+
+
 def test_teacher_temperature_warms_up_then_holds():
     method = build_small("dino")
     temps = [method.teacher_temperature(step, 100) for step in (0, 15, 30, 60, 99)]

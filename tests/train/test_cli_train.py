@@ -107,6 +107,19 @@ def test_bad_arguments_name_the_problem(cifar_slice, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
 
 
+def test_a_method_on_the_wrong_kind_of_data_is_told_what_it_takes(cifar_slice, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be\n" * 50)
+    assert main(["pretrain", "--method", "simclr", "--data", str(corpus), "--out", str(tmp_path / "a"),
+                 "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "data: simclr is an image method" in err and "is a text corpus" in err and "gpt, mlm" in err
+    assert main(["pretrain", "--method", "gpt", "--data", str(cifar_slice), "--out", str(tmp_path / "b"),
+                 "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "data: gpt is a text method" in err and "not a text corpus" in err and ".txt / .txt.gz" in err
+
+
 def test_bench_method_compares_the_three_paths(cifar_slice, capsys):
     assert main(["bench", "--method", "simclr", "--data", str(cifar_slice), "--batch-size", "32", "--steps", "1",
                  "--workers", "0", "--device", "cpu", "--backbone-arg", "width=0.125"]) == 0
