@@ -142,7 +142,7 @@ class DINO(Method):
         self.momentum = self.momentum_base
         self.freeze_last_layer_fraction = float(freeze_last_layer_fraction)
         self._last_teacher_temp = self.warmup_teacher_temp
-        self._teacher_entropy = self._kl = float("nan")
+        self._last_batch: tuple | None = None  # (teacher logits, centre, tau_t, loss) of the last step, for logs()
 
     def teacher_temperature(self, step: int, horizon: int) -> float:
         """tau_t at ``step``: linear from warmup_teacher_temp to teacher_temp over the first
@@ -180,19 +180,24 @@ class DINO(Method):
         with torch.autocast(student.device.type, enabled=False):
             teacher = teacher.float()
             loss = dino_loss(student.float(), teacher, self.center, self.student_temp, teacher_temp)
-        self._monitor(teacher, loss, teacher_temp)
+        # For logs(), which computes the collapse monitors only on the steps it is called: no extra work or host
+        # sync per step. The centre is copied before this step's update moves it.
+        self._last_batch = (teacher, self.center.clone(), teacher_temp, loss.detach())
         self._update_center(teacher)
         return loss
 
     @torch.no_grad()
-    def _monitor(self, teacher: torch.Tensor, loss: torch.Tensor, teacher_temp: float) -> None:
-        """The paper's two collapse monitors (Section 5.3, Figure 7): the mean entropy of the centred, sharpened
-        teacher outputs, log K when they go uniform, 0 when one prototype takes over; and the loss minus it, the
-        KL the student still has to close (0 in either collapse)."""
-        p = F.softmax((teacher - self.center) / teacher_temp, dim=-1)
-        entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=-1).mean()
-        self._teacher_entropy = float(entropy)
-        self._kl = float(loss.detach()) - self._teacher_entropy
+    def collapse_monitors(self) -> dict[str, float]:
+        """The paper's two collapse monitors (Section 5.3, Figure 7) for the last batch: ``teacher_entropy``, the
+        mean entropy of the centred, sharpened teacher outputs (log K when they go uniform, 0 when one prototype
+        takes over), and ``kl`` = loss - teacher_entropy, what the student still has to close (0 in either
+        collapse). Before the first batch: nan."""
+        if self._last_batch is None:
+            return {"teacher_entropy": float("nan"), "kl": float("nan")}
+        teacher, center, teacher_temp, loss = self._last_batch
+        p = F.softmax((teacher - center) / teacher_temp, dim=-1)
+        entropy = float(-(p * torch.log(p.clamp_min(1e-30))).sum(dim=-1).mean())
+        return {"teacher_entropy": entropy, "kl": float(loss) - entropy}
 
     @torch.no_grad()
     def _update_center(self, teacher: torch.Tensor) -> None:
@@ -224,5 +229,4 @@ class DINO(Method):
         ema_update(target, online, self.momentum)
 
     def logs(self):
-        return {"ema_momentum": self.momentum, "teacher_temp": self._last_teacher_temp,
-                "teacher_entropy": self._teacher_entropy, "kl": self._kl}
+        return {"ema_momentum": self.momentum, "teacher_temp": self._last_teacher_temp, **self.collapse_monitors()}

@@ -56,6 +56,7 @@ def test_loss_matches_the_formula(batch, crops, k):
 def test_collapse_monitors_read_log_k_when_the_teacher_is_uniform_and_0_when_one_prototype_wins():
     """teacher_entropy is the mean entropy of the centred, sharpened teacher outputs; kl = loss - teacher_entropy."""
     method = build_small("dino")
+    assert all(math.isnan(v) for v in method.collapse_monitors().values())  # before the first batch
     k, batch = method.center.shape[1], 6
     g = torch.Generator().manual_seed(3)
     student = torch.randn(4 * batch, k, generator=g)
