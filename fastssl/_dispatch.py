@@ -57,6 +57,20 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def cpu_native_bf16() -> tuple[bool, str]:
+    """(whether this CPU does bf16 arithmetic in hardware, which instructions): AVX512-BF16 or AMX, the
+    instructions oneDNN's bf16 convolutions and matmuls use. Without them torch emulates bf16 in fp32, slower
+    than plain fp32."""
+    try:
+        if torch.cpu._is_amx_tile_supported():
+            return True, "AMX"
+        if torch.cpu._is_avx512_bf16_supported():
+            return True, "AVX512-BF16"
+    except AttributeError:  # private probes: a torch without them is treated as a CPU without native bf16
+        return False, "this torch cannot probe the CPU's bf16 support"
+    return False, "no AVX512-BF16 or AMX"
+
+
 @dataclass(frozen=True)
 class Backend:
     """One way to run an op: ``accepts(device, dtype, dim)`` returns "" when it can, else the reason it cannot

@@ -30,6 +30,15 @@ def _version(module_name: str) -> str:
     return getattr(module, "__version__", "unknown")
 
 
+def _cpu_bf16_line() -> str:
+    from fastssl import _dispatch
+
+    native, how = _dispatch.cpu_native_bf16()
+    if native:
+        return f"native ({how}): pretrain --amp auto trains ResNet backbones in bf16 on this CPU"
+    return f"emulated ({how}): pretrain --amp auto trains in fp32 on this CPU"
+
+
 def info(out=sys.stdout) -> int:
     import fastssl
     from fastssl import _dispatch
@@ -42,6 +51,7 @@ def info(out=sys.stdout) -> int:
         f"torch     {torch.__version__} (CUDA {torch.version.cuda or 'none'}; {torch.get_num_threads()} CPU threads)",
         f"triton    {_version('triton')}" + ("  [TRITON_INTERPRET=1]" if _dispatch.triton_interpreter() else ""),
         f"numpy     {_version('numpy')}",
+        f"CPU bf16  {_cpu_bf16_line()}",
         f"fastssl._C {getattr(ext, '__file__', None) or 'missing: ' + ext_reason}",
     ]
     if ext is not None:
@@ -148,7 +158,7 @@ def _pretrain_parser(sub) -> None:
     p.add_argument("--lr", type=float, help="base lr at batch 256, scaled with the batch by the method's rule; default: the method's")
     p.add_argument("--optimizer", choices=["sgd", "lars", "adamw"], help="default: the method's")
     p.add_argument("--weight-decay", type=float, help="default: the method's")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], help="mixed precision (auto: bf16 on CUDA)")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], help="mixed precision (auto: bf16 on CUDA, and on CPUs with AVX512-BF16 or AMX for ResNet backbones; `fastssl info` says which)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")

@@ -51,7 +51,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (the batch is split; negatives stay per micro-batch)
     clip_grad: Optional[float] = None  # max gradient norm; None: the method's (no clipping unless it says so)
 
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | none
+    amp: str = "auto"  # auto: bf16 on CUDA, and on CPUs with native bf16 for ResNets (engine.auto_amp) | bf16 | fp16 | none
     channels_last: Optional[bool] = None  # None: on for convolutional backbones (CPU and GPU)
     compile: bool = False  # torch.compile the method's forward
     augment_backend: str = "auto"  # the fastssl.ops.augment backend

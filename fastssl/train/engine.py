@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastssl import _dispatch
 from fastssl.train import checkpoint as ckpt
 from fastssl.train.config import TrainConfig
 from fastssl.train.distributed import DistInfo, barrier, init_distributed, shutdown
@@ -38,6 +39,19 @@ logger = logging.getLogger("fastssl.train")
 CPU_DEFAULT_WIDTH = 0.25  # the default backbone's width multiplier on CPU-only runs (see Trainer._build)
 CALIBRATION_STEPS = 5  # steps timed (after the first) before a --budget-minutes run fits its schedules
 PHASES = ("data", "augment", "forward", "loss", "backward", "optimizer")
+
+
+def auto_amp(device: torch.device, convolutional: bool) -> str:
+    """What ``amp="auto"`` trains in: bf16 on CUDA; on a CPU that does bf16 in hardware (AVX512-BF16 or AMX), bf16
+    for convolutional backbones and none for Transformers; none on other CPUs. Measured on the project's 2-core
+    AMD EPYC (AVX512-BF16), 2026-12-08, images/s of 8 steps, none -> bf16: the ResNet-18 methods 1.2-2.1x
+    (SimCLR 250 -> 520, BYOL 146 -> 274, SimSiam 246 -> 326, DINO 109 -> 147), the Transformers 0.6-1.3x (MoCo v3's
+    ViT 211 -> 131, gpt 657 -> 553, MAE 153 -> 195, mlm 464 -> 585)."""
+    if device.type == "cuda":
+        return "bf16"
+    if device.type == "cpu" and convolutional and _dispatch.cpu_native_bf16()[0]:
+        return "bf16"
+    return "none"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -289,7 +303,8 @@ class Trainer:
         self.lars_clip = cfg.lars_clip if cfg.lars_clip is not None else defaults.get("lars_clip", False)
         self.optimizer = build_optimizer(self.optimizer_name, groups, self.base_lr, cfg.momentum,
                                          lars_eta=self.lars_eta, lars_clip=self.lars_clip)
-        amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
+        amp = cfg.amp if cfg.amp != "auto" else auto_amp(device, self.method_cls.convolutional(self.method))
+        self.amp = amp
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.order = DataOrder(self.num_samples, cfg.batch_size, cfg.grad_accum, dist_info.world,
@@ -503,7 +518,7 @@ class Trainer:
             inputs = f"windows of {self.window} tokens"
         self._print(f"fastssl pretrain: {cfg.method} on {cfg.data} ({data}), {self.method.backbone_spec()['name']}, "
                     f"batch {cfg.batch_size} on {self.dist.world} x {self.dist.device}, {self.optimizer_name} "
-                    f"lr {self.base_lr:.3g}{self._recipe_note()}, {inputs}, steps {start} -> {self.horizon}")
+                    f"lr {self.base_lr:.3g}{self._recipe_note()}, amp {self.amp}, {inputs}, steps {start} -> {self.horizon}")
         model = self.method
         if self.dist.world > 1:
             model = nn.parallel.DistributedDataParallel(

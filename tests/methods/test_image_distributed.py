@@ -3,7 +3,8 @@ loss reaches across the batch: Barlow Twins (global standardisation, C summed ov
 the gathered embeddings), MoCo v3 (every rank's keys) and DINO (the centre averaged over ranks).
 
 One SGD step that moves the weights by up to ~0.2-0.4 (the lr is set per method: Barlow Twins' gradients are
-~1000 times VICReg's at lr 2), the contiguous layout on both sides, as tests/train/test_distributed_train.py does.
+~1000 times VICReg's at lr 2), the contiguous layout and float32 (amp="none") on both sides, as
+tests/train/test_distributed_train.py does.
 Compared: each tensor's change over the step, 2 processes against 1, relative to its size. Measured: a median of
 5e-6 (BT, VICReg) and 1e-6 (MoCo v3, DINO), heads and late layers <= 3e-5; the early layers of the BN ResNet
 reach 2e-2 under BT's and VICReg's losses (float32 rounding amplified through the backward, as the engine test's
@@ -30,7 +31,7 @@ LR = {"barlow_twins": 0.004, "vicreg": 0.2, "moco_v3": 2.0, "dino": 0.05}  # max
 
 def _config(data, out, method, max_steps=1):
     return tiny_config(data, out, method, batch_size=16, max_steps=max_steps, optimizer="sgd", lr=LR[method],
-                       channels_last=False)
+                       channels_last=False, amp="none")
 
 
 def _worker(rank, port, data, out):
