@@ -221,6 +221,18 @@ def test_budget_plan_ignores_the_slow_first_step_and_refits():
         horizon = plan.update(step, elapsed) or horizon
     assert abs(horizon - step) <= 0.05 * step, (horizon, step)
     assert plan.fits > 3
+    # One stalled step (7 s where the others take 0.1 s) does not cut the horizon: the run still ends at the budget.
+    plan = BudgetPlan(15.0, planned=10_000, start=0, calibration=5)
+    elapsed, horizon, step, fitted = 0.0, None, 0, []
+    while elapsed < 15.0 and (horizon is None or step < horizon):
+        step += 1
+        elapsed += 1.0 if step == 1 else (7.0 if step == 30 else 0.1)
+        new = plan.update(step, elapsed)
+        if new is not None:
+            horizon = new
+            fitted.append(new)
+    assert min(fitted[1:]) >= step - 3 and abs(horizon - step) <= 3, (fitted, step)
+    assert elapsed >= 14.0, "the run stopped at its horizon long before its budget"
     # Never beyond the planned epochs, never before the current step.
     plan = BudgetPlan(100.0, planned=50, start=20, calibration=2)
     assert plan.update(21, 1.0) is None and plan.update(22, 1.1) is None
